@@ -1,0 +1,94 @@
+"""Per-run evaluation metrics, events (memorize / grok steps) and phases.
+
+``evaluate`` and ``update_events`` are pure functions of one run, used inside the jitted grid;
+``classify_phases`` runs on the host over the tidy results table (FIELD.md definitions).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+PHASES = ("comprehension", "grokking", "memorization", "confusion", "diverged")
+CURVE_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "param_norm")
+NEVER = -1  # step value of an event that has not happened
+
+
+@struct.dataclass
+class Events:
+    memorize_step: jax.Array  # int32, NEVER until train accuracy >= memorize_threshold
+    grok_step: jax.Array  # int32, NEVER until test accuracy >= grok_threshold
+    streak: jax.Array  # consecutive evaluations with test accuracy >= grok_threshold
+    done: jax.Array  # bool: the streak reached patience
+    diverged: jax.Array  # bool: a step produced a non-finite loss or update
+    diverged_step: jax.Array  # int32
+
+    @classmethod
+    def initial(cls) -> "Events":
+        never = jnp.array(NEVER, jnp.int32)
+        return cls(never, never, jnp.array(0, jnp.int32), jnp.array(False), jnp.array(False), never)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example cross-entropy computed in float32 at least."""
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+LOSSES = {"cross_entropy": cross_entropy}
+
+
+def evaluate(logits: jax.Array, labels: jax.Array, train_mask: jax.Array, params) -> dict[str, jax.Array]:
+    """Train/test loss and accuracy over the full table, split by the run's mask."""
+    loss = cross_entropy(logits, labels)
+    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    train = train_mask.astype(jnp.float32)
+    test = 1.0 - train
+
+    def mean(x, w):
+        return jnp.sum(x * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+    return dict(
+        train_loss=mean(loss, train),
+        train_acc=mean(correct, train),
+        test_loss=mean(loss, test),
+        test_acc=mean(correct, test),
+        param_norm=optax.global_norm(params),
+    )
+
+
+def update_events(events: Events, metrics: dict, step, active, *, memorize_threshold, grok_threshold,
+                  patience) -> Events:
+    """Record first crossings at evaluated ``step``; a run that is not active changes nothing."""
+    memorized = active & (events.memorize_step == NEVER) & (metrics["train_acc"] >= memorize_threshold)
+    generalizes = metrics["test_acc"] >= grok_threshold
+    grokked = active & (events.grok_step == NEVER) & generalizes
+    streak = jnp.where(active, jnp.where(generalizes, events.streak + 1, 0), events.streak)
+    return events.replace(
+        memorize_step=jnp.where(memorized, step, events.memorize_step).astype(jnp.int32),
+        grok_step=jnp.where(grokked, step, events.grok_step).astype(jnp.int32),
+        streak=streak.astype(jnp.int32),
+        done=events.done | (streak >= patience),
+    )
+
+
+def classify_phases(memorize_step, grok_step, diverged, gap) -> np.ndarray:
+    """FIELD.md phases from per-run event steps (NaN or NEVER where never reached).
+
+    comprehension: both reached, grok_step - memorize_step <= gap; grokking: delay > gap;
+    memorization: only train accuracy reached; confusion: train accuracy never reached;
+    diverged: the run's loss became non-finite (whatever it reached before).
+    ``gap`` is a number or one per run.
+    """
+    mem = np.asarray(memorize_step, dtype=float)
+    grok = np.asarray(grok_step, dtype=float)
+    mem = np.where(mem == NEVER, np.nan, mem)
+    grok = np.where(grok == NEVER, np.nan, grok)
+    delay = grok - mem
+    phase = np.where(
+        np.isnan(mem), "confusion",
+        np.where(np.isnan(grok), "memorization", np.where(delay > gap, "grokking", "comprehension")))
+    return np.where(np.asarray(diverged, bool), "diverged", phase).astype(object)

@@ -1,0 +1,139 @@
+"""Models as flax linen modules, used only through ``init`` / ``apply`` on one run.
+
+Both read a pair of operand tokens ``[B, 2]`` and return logits ``[B, n_classes]``. Each does
+less work than its textbook form for the same function (DESIGN.md):
+- the MLP's first layer over the concatenated embeddings is a sum of two per-token tables
+  (``E @ W1[:d]`` and ``E @ W1[d:]``, each vocab x width) gathered per example;
+- the transformer reads only the last position, so its last layer computes queries, the
+  attention output and the MLP at that position only.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ACTIVATIONS: dict[str, Callable] = {
+    "relu": nn.relu,
+    "gelu": nn.gelu,
+    "silu": nn.silu,
+    "tanh": jnp.tanh,
+    "square": jnp.square,  # Gromov 2023
+}
+
+MODEL_NAMES = ("mlp", "transformer")
+
+
+def _normal(std: float):
+    return nn.initializers.normal(stddev=std)
+
+
+class MLP(nn.Module):
+    """Embeddings of both operands, ``depth`` hidden layers of ``width``, linear read-out."""
+
+    n_symbols: int
+    n_classes: int
+    embed_dim: int = 128
+    width: int = 512
+    depth: int = 1
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        act = ACTIVATIONS[self.activation]
+        embed = self.param("embed", _normal(1.0), (self.n_symbols, self.embed_dim))
+        # Same init as a Dense layer over the concatenated embeddings (fan_in = 2 * embed_dim).
+        w1 = self.param(
+            "hidden_0_kernel", _normal(1.0 / math.sqrt(2 * self.embed_dim)), (2, self.embed_dim, self.width)
+        )
+        b1 = self.param("hidden_0_bias", nn.initializers.zeros, (self.width,))
+        tables = jnp.einsum("ve,oew->ovw", embed, w1)  # [2, vocab, width]
+        h = act(tables[0][tokens[:, 0]] + tables[1][tokens[:, 1]] + b1)
+        for i in range(1, self.depth):
+            h = act(nn.Dense(self.width, name=f"hidden_{i}")(h))
+        return nn.Dense(self.n_classes, name="readout")(h)
+
+
+class Transformer(nn.Module):
+    """Decoder-only transformer over ``[x, y, =]``, logits read at the last position.
+
+    Nanda et al. 2023: ``n_layers=1, d_model=128, n_heads=4, d_mlp=512, layer_norm=False``.
+    Power et al. 2022: ``n_layers=2, d_model=128, n_heads=4, d_mlp=512, layer_norm=True``.
+    Attention has no biases; the MLP has. The ``=`` token is id ``n_symbols``; as in Nanda et
+    al.'s code the unembedding covers the whole vocabulary (``n_symbols + 1`` logits, the last
+    never a label), which gives their 226,816 parameters at p=113.
+    """
+
+    n_symbols: int
+    n_layers: int = 1
+    d_model: int = 128
+    n_heads: int = 4
+    d_mlp: int = 512
+    layer_norm: bool = False
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        d, h = self.d_model, self.n_heads
+        if d % h:
+            raise ValueError(f"model.d_model ({d}) must be a multiple of model.n_heads ({h})")
+        dh = d // h
+        act = ACTIVATIONS[self.activation]
+        eq = jnp.full((tokens.shape[0], 1), self.n_symbols, tokens.dtype)
+        seq = jnp.concatenate([tokens, eq], axis=1)  # [B, 3]
+        embed = self.param("embed", _normal(1.0 / math.sqrt(d)), (self.n_symbols + 1, d))
+        pos = self.param("pos_embed", _normal(1.0 / math.sqrt(d)), (seq.shape[1], d))
+        x = embed[seq] + pos  # [B, T, d]
+        norm = (lambda name: nn.LayerNorm(name=name)) if self.layer_norm else (lambda name: (lambda v: v))
+        T = seq.shape[1]
+        causal = jnp.tril(jnp.ones((T, T), bool))
+        for layer in range(self.n_layers):
+            last = layer == self.n_layers - 1
+            init = _normal(1.0 / math.sqrt(d))
+            wq = self.param(f"layer_{layer}_wq", init, (d, h, dh))
+            wk = self.param(f"layer_{layer}_wk", init, (d, h, dh))
+            wv = self.param(f"layer_{layer}_wv", init, (d, h, dh))
+            wo = self.param(f"layer_{layer}_wo", init, (h, dh, d))
+            a = norm(f"layer_{layer}_ln_attn")(x)
+            k = jnp.einsum("btd,dhk->bthk", a, wk)
+            v = jnp.einsum("btd,dhk->bthk", a, wv)
+            queries_at = a[:, -1:] if last else a  # only the last position is read out
+            q = jnp.einsum("bsd,dhk->bshk", queries_at, wq)
+            scores = jnp.einsum("bshk,bthk->bhst", q, k) / math.sqrt(dh)
+            if not last:
+                scores = jnp.where(causal, scores, -1e30)
+            attn = jax.nn.softmax(scores, axis=-1)
+            z = jnp.einsum("bhst,bthk->bshk", attn, v)
+            x = (x[:, -1:] if last else x) + jnp.einsum("bshk,hkd->bsd", z, wo)
+            m = norm(f"layer_{layer}_ln_mlp")(x)
+            m = nn.Dense(self.d_mlp, name=f"layer_{layer}_mlp_in")(m)
+            x = x + nn.Dense(d, name=f"layer_{layer}_mlp_out")(act(m))
+        x = norm("ln_final")(x[:, -1])
+        unembed = self.param("unembed", _normal(1.0 / math.sqrt(d)), (d, self.n_symbols + 1))
+        return x @ unembed
+
+
+def build_model(cfg, n_symbols: int, n_classes: int) -> nn.Module:
+    """The module for a ``ModelConfig`` (sweep.py) and a task's vocabulary."""
+    if cfg.name == "mlp":
+        return MLP(n_symbols, n_classes, cfg.embed_dim, cfg.width, cfg.depth, cfg.activation)
+    if cfg.name == "transformer":
+        return Transformer(
+            n_symbols, cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.d_mlp, cfg.layer_norm, cfg.activation
+        )
+    raise ValueError(f"unknown model '{cfg.name}'; known models: {', '.join(MODEL_NAMES)}")
+
+
+def init_params(model: nn.Module, key: jax.Array, init_scale) -> dict:
+    """Parameters of one run, every initial weight multiplied by ``init_scale`` (Omnigrok's alpha)."""
+    params = model.init(key, jnp.zeros((1, 2), jnp.int32))["params"]
+    return jax.tree.map(lambda w: w * init_scale, params)
+
+
+def count_params(params) -> int:
+    return sum(int(w.size) for w in jax.tree.leaves(params))
+

@@ -1,0 +1,92 @@
+"""Tidy result tables: one row per run (``runs.parquet``), one row per run x evaluation
+(``curves.parquet``), plus ``meta.json`` and a copy of the sweep file."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from grokjax.metrics import CURVE_METRICS, NEVER, classify_phases
+from grokjax.sweep import PER_RUN_FIELDS, SweepConfig
+
+RUNS_FILE, CURVES_FILE, META_FILE, SWEEP_FILE = "runs.parquet", "curves.parquet", "meta.json", "sweep.toml"
+
+
+@dataclasses.dataclass(frozen=True)
+class Results:
+    runs: pd.DataFrame
+    curves: pd.DataFrame
+    meta: dict
+
+
+def _steps(values) -> pd.Series:
+    values = np.asarray(values)
+    return pd.array(np.where(values == NEVER, None, values).tolist(), dtype="Int64")
+
+
+def curves_table(curve_parts: list[dict]) -> pd.DataFrame:
+    columns = ["run_id", "step", *CURVE_METRICS]
+    if not curve_parts:
+        return pd.DataFrame(columns=columns)
+    df = pd.DataFrame({c: np.concatenate([p[c] for p in curve_parts]) for c in columns})
+    df = df.astype({"run_id": "int64", "step": "int64"})
+    return df.sort_values(["run_id", "step"], kind="stable").reset_index(drop=True)
+
+
+def runs_table(config: SweepConfig, runs: list[SweepConfig], events: dict[str, np.ndarray],
+               curves: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: its settings, events, phase and final metrics (last evaluation it trained)."""
+    static_axes = [k for k, _ in config.grid if k not in PER_RUN_FIELDS]
+    settings = [*PER_RUN_FIELDS, *static_axes]
+    df = pd.DataFrame({"run_id": np.arange(len(runs))})
+    df["task"] = [r.task.name for r in runs]
+    df["p"] = [r.task.p for r in runs]
+    df["model"] = [r.model.name for r in runs]
+    df["optimizer"] = [r.optimizer.name for r in runs]
+    for key in settings:
+        if key not in df:
+            df[key] = [r.get(key) for r in runs]
+    df["memorize_step"] = _steps(events["memorize_step"])
+    df["grok_step"] = _steps(events["grok_step"])
+    df["grok_delay"] = df["grok_step"] - df["memorize_step"]
+    df["diverged"] = np.asarray(events["diverged"], bool)
+    df["diverged_step"] = _steps(events["diverged_step"])
+    df["phase"] = classify_phases(events["memorize_step"], events["grok_step"], events["diverged"],
+                                  [r.grok_gap for r in runs])
+    df["done"] = np.asarray(events["done"], bool)
+    last = curves.groupby("run_id").tail(1).set_index("run_id")
+    df["final_step"] = df["run_id"].map(last["step"]).astype("Int64")
+    for metric in CURVE_METRICS:
+        df[f"final_{metric}"] = df["run_id"].map(last[metric])
+    return df
+
+
+def write_results(out: Path, runs: pd.DataFrame, curves: pd.DataFrame, meta: dict, sweep_text: str | None) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    # Write to temporary names and rename, so a reader never sees a half-written table.
+    for name, df in ((RUNS_FILE, runs), (CURVES_FILE, curves)):
+        tmp = out / f".{name}.tmp"
+        df.to_parquet(tmp, index=False)
+        tmp.replace(out / name)
+    (out / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    if sweep_text is not None:
+        (out / SWEEP_FILE).write_text(sweep_text)
+
+
+def load_results(path: str | Path) -> Results:
+    """The tables of a results folder as pandas DataFrames (``.runs``, ``.curves``) and ``.meta``."""
+    path = Path(path)
+    if not (path / RUNS_FILE).is_file():
+        raise FileNotFoundError(f"no {RUNS_FILE} in {path}: not a grokjax results folder")
+    meta_path = path / META_FILE
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    curves_path = path / CURVES_FILE
+    curves = pd.read_parquet(curves_path) if curves_path.is_file() else curves_table([])
+    return Results(pd.read_parquet(path / RUNS_FILE), curves, meta)
+
+
+__all__ = ["Results", "load_results", "write_results", "runs_table", "curves_table"]

@@ -1,0 +1,103 @@
+"""End to end through the console entry point, in a subprocess as a user runs it."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+QUICK = """
+name = "tiny"
+[task]
+name = "add"
+p = 13
+[model]
+name = "mlp"
+embed_dim = 16
+width = 32
+[optimizer]
+lr = 1e-2
+[train]
+steps = 40
+eval_every = 10
+[grid]
+seed = [0, 1]
+data_fraction = [0.3, 0.6]
+"""
+
+
+def grokjax(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "grokjax", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_run_writes_the_results_folder(tmp_path):
+    (tmp_path / "tiny.toml").write_text(QUICK)
+    proc = grokjax("run", "tiny.toml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "results" / "tiny"
+    assert {p.name for p in out.iterdir()} >= {"runs.parquet", "curves.parquet", "meta.json", "sweep.toml"}
+    assert "run-steps/s" in proc.stderr and "memorized" in proc.stderr and "grokked" in proc.stderr
+    runs = pd.read_parquet(out / "runs.parquet")
+    for column in ("run_id", "seed", "data_fraction", "weight_decay", "lr", "memorize_step", "grok_step",
+                   "grok_delay", "phase", "diverged", "final_train_acc", "final_test_acc"):
+        assert column in runs, column
+    assert len(runs) == 4 and str(runs.grok_step.dtype) == "Int64"
+    curves = pd.read_parquet(out / "curves.parquet")
+    assert list(curves.columns[:7]) == ["run_id", "step", "train_loss", "train_acc", "test_loss", "test_acc",
+                                        "param_norm"]
+    assert len(curves) == 4 * 4
+    meta = json.loads((out / "meta.json").read_text())
+    for key in ("versions", "devices", "compile_time_s", "wall_time_s", "run_steps_per_s"):
+        assert key in meta
+    assert (out / "sweep.toml").read_text() == QUICK
+
+
+def test_run_from_python_matches_load_results(tmp_path):
+    import grokjax
+
+    path = tmp_path / "tiny.toml"
+    path.write_text(QUICK)
+    config = grokjax.load_sweep(path)
+    results = grokjax.run_sweep(config, out=tmp_path / "r", progress=False)
+    loaded = grokjax.load_results(tmp_path / "r")
+    pd.testing.assert_frame_equal(loaded.runs, results.runs)
+    pd.testing.assert_frame_equal(loaded.curves, results.curves)
+
+
+BAD_FILES = [
+    ("[optimizer]\nweight_decy = 1.0\n", "weight_decy", "weight_decay"),
+    ("[task]\ndata_fraction = 1.5\n", "task.data_fraction", "< 1.0"),
+    ("[task]\nname = 'addition'\n", "task.name", "allowed:"),
+    ("[model]\nname = 'cnn'\n", "model.name", "mlp, transformer"),
+    ("[optimizer]\nlr = 'fast'\n", "optimizer.lr", "number"),
+    ("[optimizer]\nweight_decay = -1\n", "optimizer.weight_decay", ">= 0.0"),
+    ("[task]\np = 1\n", "task.p", ">= 2"),
+    ("[train]\nsteps = 0\n", "train.steps", ">= 1"),
+    ("[grid]\nseed = []\n", "grid.seed", "empty"),
+    ("[task\nname = 'add'\n", "TOML syntax error", "line"),
+]
+
+
+@pytest.mark.parametrize("text, field, hint", BAD_FILES, ids=[b[1] for b in BAD_FILES])
+def test_bad_input_exits_2_with_one_clear_message(tmp_path, text, field, hint):
+    (tmp_path / "bad.toml").write_text(text)
+    proc = grokjax("run", "bad.toml", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and field in proc.stderr and hint in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "results").exists()
+
+
+def test_missing_file_and_unknown_command(tmp_path):
+    proc = grokjax("run", "nope.toml", cwd=tmp_path)
+    assert proc.returncode == 2 and "not found" in proc.stderr and "Traceback" not in proc.stderr
+    proc = grokjax("fly", cwd=tmp_path)
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_info_lists_tasks_and_settings(tmp_path):
+    proc = grokjax("info", cwd=tmp_path)
+    assert proc.returncode == 0
+    assert "x3_xy2_y" in proc.stdout and "s5_mul" in proc.stdout and "optimizer.weight_decay" in proc.stdout

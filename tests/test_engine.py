@@ -1,0 +1,144 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+import grokjax
+from grokjax.engine import Program, choose_runs_per_batch, draw_batch, evals_per_call, split_mask
+
+
+def curves_of(results, run_id):
+    return results.curves[results.curves.run_id == run_id].drop(columns="run_id").reset_index(drop=True)
+
+
+# --- splits --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.3, 0.5, 0.77, 0.95])
+def test_split_has_the_asked_fraction(fraction):
+    n = 2209
+    mask = np.asarray(split_mask(3, fraction, n))
+    assert abs(mask.sum() - fraction * n) <= 0.5 + 1e-3
+    assert mask.dtype == bool and mask.shape == (n,)
+
+
+def test_split_is_a_function_of_seed_and_fraction_only():
+    a = np.asarray(split_mask(5, 0.4, 529))
+    b = np.asarray(jax.jit(split_mask, static_argnums=2)(jnp.int32(5), jnp.float32(0.4), 529))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, np.asarray(split_mask(6, 0.4, 529)))
+    # vmapped over runs (as in the grid) it is the same split
+    masks = jax.vmap(split_mask, in_axes=(0, 0, None))(jnp.array([6, 5]), jnp.array([0.3, 0.4]), 529)
+    np.testing.assert_array_equal(np.asarray(masks[1]), a)
+
+
+def test_splits_of_one_seed_are_nested_and_train_test_disjoint():
+    small, large = (np.asarray(split_mask(1, f, 961)) for f in (0.3, 0.6))
+    assert np.all(large[small])  # the 30 % train set lies inside the 60 % one
+    test = ~small
+    assert not np.any(small & test) and np.all(small | test)
+
+
+def test_draw_batch_stays_in_the_train_split():
+    mask = np.asarray(split_mask(0, 0.3, 529))
+    idx, w = draw_batch(jax.random.PRNGKey(0), jnp.asarray(mask), 64)
+    idx = np.asarray(idx)
+    assert len(set(idx.tolist())) == 64 and mask[idx].all() and np.all(np.asarray(w))
+    idx2, _ = draw_batch(jax.random.PRNGKey(1), jnp.asarray(mask), 64)
+    assert set(idx.tolist()) != set(np.asarray(idx2).tolist())
+    # a batch larger than the split: every train example once, the filler weighted 0
+    idx, w = draw_batch(jax.random.PRNGKey(0), jnp.asarray(mask), 200)
+    assert np.asarray(w).sum() == mask.sum()
+
+
+# --- a run does not depend on its neighbours -------------------------------------------------
+
+
+@pytest.mark.parametrize("runs_per_batch", [8, 3, 1])
+def test_run_in_a_grid_follows_the_same_curve_as_alone(sweep, runs_per_batch):
+    grid = sweep(train=dict(runs_per_batch=runs_per_batch),
+                 grid=dict(seed=[0, 1, 2, 3], weight_decay=[0.1, 1.0]))
+    together = grokjax.run_sweep(grid, progress=False)
+    assert len(together.runs) == 8
+    alone = grokjax.run_sweep(sweep(task=dict(data_fraction=0.5), optimizer=dict(weight_decay=1.0),
+                                    train=dict(seed=2)), progress=False)
+    in_grid = together.runs.query("seed == 2 and weight_decay == 1.0").run_id.item()
+    a, b = curves_of(together, in_grid), curves_of(alone, 0)
+    assert len(a) == len(b) == 6
+    pd.testing.assert_frame_equal(a, b, rtol=1e-4, atol=1e-5)
+
+
+# --- the phenomenon ---------------------------------------------------------------------------
+
+
+def test_grokking_happens_and_no_weight_decay_with_little_data_does_not():
+    """p=47 MLP: at 70 % data and weight decay 1 train accuracy reaches 0.99 within a few dozen
+    steps and test accuracy only hundreds of steps later; at 30 % without decay it never does."""
+    config = grokjax.sweep_from_dict(dict(
+        task=dict(name="add", p=47), model=dict(name="mlp", embed_dim=64, width=256),
+        optimizer=dict(lr=1e-2), train=dict(steps=500, eval_every=10),
+        grid=dict(data_fraction=[0.7, 0.3], weight_decay=[1.0, 0.0])))
+    runs = grokjax.run_sweep(config, progress=False).runs.set_index(["data_fraction", "weight_decay"])
+    grokker = runs.loc[(0.7, 1.0)]
+    assert grokker.memorize_step <= 50
+    assert grokker.grok_step >= grokker.memorize_step + 100
+    assert grokker.phase == "grokking" and grokker.final_test_acc >= 0.99
+    control = runs.loc[(0.3, 0.0)]
+    assert control.memorize_step <= 100 and pd.isna(control.grok_step)
+    assert control.phase == "memorization" and control.final_test_acc < 0.5
+
+
+def test_absurd_learning_rate_diverges_alone(sweep):
+    grid = sweep(train=dict(steps=40, runs_per_batch=4), grid=dict(lr=[1e-2, 1e20], seed=[0, 1]))
+    results = grokjax.run_sweep(grid, progress=False)
+    runs = results.runs
+    bad = runs[runs.lr == 1e20]
+    assert bad.diverged.all() and (bad.phase == "diverged").all()
+    assert (bad.diverged_step <= 3).all()
+    assert np.isfinite(bad.final_train_loss).all()  # frozen at its last finite state
+    good = runs[runs.lr == 1e-2]
+    assert not good.diverged.any()
+    for seed in (0, 1):
+        alone = grokjax.run_sweep(sweep(train=dict(steps=40, seed=seed)), progress=False)
+        pd.testing.assert_frame_equal(curves_of(results, good[good.seed == seed].run_id.item()),
+                                      curves_of(alone, 0), rtol=1e-4, atol=1e-5)
+
+
+def test_sweep_stops_once_every_run_is_done(sweep):
+    config = sweep(task=dict(p=11, data_fraction=0.9), optimizer=dict(lr=3e-2, weight_decay=0.1),
+                   train=dict(steps=2000, eval_every=10), events=dict(patience=2), grid=dict(seed=[0, 1]))
+    results = grokjax.run_sweep(config, progress=False)
+    assert results.runs.done.all() and (results.runs.phase != "confusion").all()
+    assert results.meta["run_steps"] < 2 * 2000
+    last = results.curves.groupby("run_id").step.max()
+    np.testing.assert_array_equal(last.values, results.runs.final_step.values)
+    np.testing.assert_array_equal(last.values, results.runs.grok_step.values + 10)  # patience 2
+
+
+def test_minibatch_sgd_transformer_trains(sweep):
+    config = sweep(task=dict(p=11, data_fraction=0.8),
+                   model=dict(name="transformer", d_model=32, n_heads=2, d_mlp=64, layer_norm=True),
+                   optimizer=dict(name="sgd", lr=0.3, momentum=0.9, weight_decay=0.0, warmup_steps=5),
+                   train=dict(steps=100, eval_every=50, batch_size=32))
+    results = grokjax.run_sweep(config, progress=False)
+    losses = results.curves.train_loss.to_numpy()
+    assert losses[-1] < 0.5 * np.log(11)
+
+
+def test_runs_per_batch_heuristics(sweep):
+    assert choose_runs_per_batch(sweep(train=dict(runs_per_batch=4)), 10) == 4
+    assert choose_runs_per_batch(sweep(), 100, platform="gpu") == 100
+    big = sweep(task=dict(p=97), model=dict(width=512))
+    assert choose_runs_per_batch(big, 100, platform="cpu") == 1
+    assert 1 <= choose_runs_per_batch(sweep(task=dict(p=11)), 100, platform="cpu") <= 100
+
+
+@pytest.mark.parametrize("n, expected", [(20, 1), (100, 4), (7, 1), (60, 3)])
+def test_evals_per_call_divides(n, expected):
+    assert evals_per_call(n) == expected and n % expected == 0
+
+
+def test_program_uses_the_task_table(sweep):
+    program = Program.build(sweep(task=dict(name="div", p=13)))
+    assert program.task.size == 13 * 12

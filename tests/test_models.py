@@ -1,0 +1,108 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from grokjax.models import MLP, Transformer, count_params, init_params
+from grokjax.tasks import make_task
+
+
+def test_nanda_transformer_parameter_count():
+    # Nanda et al. 2023: 1 layer, d=128, 4 heads of 32, d_mlp=512, no LayerNorm, vocab p+1 = 114
+    # for embedding and unembedding, 3 positions, no attention biases, MLP with biases.
+    model = Transformer(113, n_layers=1, d_model=128, n_heads=4, d_mlp=512, layer_norm=False)
+    params = init_params(model, jax.random.PRNGKey(0), 1.0)
+    expected = 114 * 128 + 3 * 128 + 4 * 128 * 128 + (128 * 512 + 512) + (512 * 128 + 128) + 128 * 114
+    assert expected == 226_816
+    assert count_params(params) == expected
+
+
+def test_power_transformer_builds_with_layer_norm():
+    model = Transformer(97, n_layers=2, d_model=128, n_heads=4, d_mlp=512, layer_norm=True)
+    params = init_params(model, jax.random.PRNGKey(0), 1.0)
+    logits = model.apply({"params": params}, jnp.zeros((5, 2), jnp.int32))
+    assert logits.shape == (5, 98)
+    assert "layer_1_ln_attn" in params and "ln_final" in params
+
+
+def test_transformer_last_position_shortcut_matches_full_causal_model():
+    """Reading only the last position in the last layer must give the textbook model's logits."""
+    model = Transformer(11, n_layers=2, d_model=16, n_heads=2, d_mlp=32, layer_norm=True)
+    params = init_params(model, jax.random.PRNGKey(1), 1.0)
+    tokens = jax.random.randint(jax.random.PRNGKey(2), (7, 2), 0, 11)
+    full = _reference_transformer(params, tokens, n_layers=2, n_heads=2)
+    np.testing.assert_allclose(model.apply({"params": params}, tokens), full, rtol=1e-5, atol=1e-5)
+
+
+def _reference_transformer(params, tokens, n_layers, n_heads):
+    def ln(x, p):
+        mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+        return (x - mu) / jnp.sqrt(var + 1e-6) * p["scale"] + p["bias"]
+
+    seq = jnp.concatenate([tokens, jnp.full((tokens.shape[0], 1), 11)], 1)
+    x = params["embed"][seq] + params["pos_embed"]
+    mask = jnp.tril(jnp.ones((3, 3), bool))
+    for layer in range(n_layers):
+        pre = f"layer_{layer}_"
+        a = ln(x, params[pre + "ln_attn"])
+        q, k, v = (jnp.einsum("btd,dhk->bthk", a, params[pre + w]) for w in ("wq", "wk", "wv"))
+        s = jnp.einsum("bshk,bthk->bhst", q, k) / jnp.sqrt(q.shape[-1])
+        att = jax.nn.softmax(jnp.where(mask, s, -jnp.inf), -1)
+        x = x + jnp.einsum("bshk,hkd->bsd", jnp.einsum("bhst,bthk->bshk", att, v), params[pre + "wo"])
+        m = ln(x, params[pre + "ln_mlp"])
+        m = jax.nn.relu(m @ params[pre + "mlp_in"]["kernel"] + params[pre + "mlp_in"]["bias"])
+        x = x + m @ params[pre + "mlp_out"]["kernel"] + params[pre + "mlp_out"]["bias"]
+    return ln(x[:, -1], params["ln_final"]) @ params["unembed"]
+
+
+def test_mlp_per_token_tables_match_dense_over_concatenated_embeddings():
+    model = MLP(13, 13, embed_dim=8, width=16, depth=2)
+    params = init_params(model, jax.random.PRNGKey(0), 1.0)
+    tokens = jax.random.randint(jax.random.PRNGKey(3), (9, 2), 0, 13)
+    e = params["embed"][tokens].reshape(9, 16)  # [x_emb, y_emb]
+    h = jax.nn.relu(e @ params["hidden_0_kernel"].reshape(16, 16) + params["hidden_0_bias"])
+    h = jax.nn.relu(h @ params["hidden_1"]["kernel"] + params["hidden_1"]["bias"])
+    ref = h @ params["readout"]["kernel"] + params["readout"]["bias"]
+    np.testing.assert_allclose(model.apply({"params": params}, tokens), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_init_scale_multiplies_every_weight():
+    model = MLP(7, 7, embed_dim=4, width=8)
+    a = init_params(model, jax.random.PRNGKey(0), 1.0)
+    b = init_params(model, jax.random.PRNGKey(0), 8.0)
+    for wa, wb in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(wb, 8.0 * wa, rtol=1e-6)
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "square"])
+def test_mlp_activations_and_depth(activation):
+    model = MLP(5, 5, embed_dim=4, width=8, depth=3, activation=activation)
+    params = init_params(model, jax.random.PRNGKey(0), 1.0)
+    assert model.apply({"params": params}, jnp.zeros((2, 2), jnp.int32)).shape == (2, 5)
+    assert {"hidden_1", "hidden_2", "readout"} <= set(params)
+
+
+def test_tiny_transformer_fits_its_training_set():
+    task = make_task("add", 11)
+    model = Transformer(11, n_layers=1, d_model=32, n_heads=2, d_mlp=64)
+    params = init_params(model, jax.random.PRNGKey(0), 1.0)
+    tx = optax.adam(1e-2)
+    inputs, labels = jnp.asarray(task.inputs[::2]), jnp.asarray(task.labels[::2])
+
+    def loss_fn(p):
+        return optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p}, inputs), labels).mean()
+
+    @jax.jit
+    def train(params):
+        def step(carry, _):
+            p, s = carry
+            g = jax.grad(loss_fn)(p)
+            u, s = tx.update(g, s, p)
+            return (optax.apply_updates(p, u), s), None
+
+        return jax.lax.scan(step, (params, tx.init(params)), None, length=300)[0][0]
+
+    params = train(params)
+    correct = int((model.apply({"params": params}, inputs).argmax(-1) == labels).sum())
+    assert correct == len(labels)

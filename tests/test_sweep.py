@@ -1,0 +1,115 @@
+import dataclasses
+
+import pytest
+
+from grokjax.sweep import (AXIS_FIELDS, FIELDS, PER_RUN_FIELDS, SweepConfig, SweepError, describe_settings,
+                           load_sweep, sweep_from_dict)
+
+ISSUE_EXAMPLE = """
+name = "quickstart"
+[task]
+name = "add"
+p = 23
+data_fraction = 0.5
+[model]
+name = "mlp"
+[optimizer]
+name = "adamw"
+lr = 1e-3
+weight_decay = 1.0
+[train]
+steps = 400
+eval_every = 20
+[grid]
+seed = [0, 1]
+data_fraction = [0.3, 0.5]
+weight_decay = [0.1, 1.0]
+"""
+
+
+def test_issue_example_loads_and_expands(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(ISSUE_EXAMPLE)
+    config = load_sweep(path)
+    assert config.name == "quickstart" and config.task.p == 23 and config.optimizer.lr == 1e-3
+    runs = config.runs()
+    assert len(runs) == 8
+    assert [(r.train.seed, r.task.data_fraction, r.optimizer.weight_decay) for r in runs[:3]] == [
+        (0, 0.3, 0.1), (0, 0.3, 1.0), (0, 0.5, 0.1)]
+    assert len({r.static_key() for r in runs}) == 1  # one compiled program
+
+
+def test_shape_axes_make_groups():
+    config = sweep_from_dict(dict(grid={"p": [11, 13], "seed": [0, 1, 2], "model.width": [8, 16]}))
+    runs = config.runs()
+    assert len(runs) == 12 and len({r.static_key() for r in runs}) == 4
+
+
+def test_defaults_and_name_from_file(tmp_path):
+    path = tmp_path / "my_sweep.toml"
+    path.write_text("")
+    config = load_sweep(path)
+    assert config.name == "my_sweep" and config.runs() == [config]
+    assert config.optimizer.beta2 == 0.98 and config.events.grok_threshold == 0.99
+
+
+def test_grok_gap_default_scales_with_budget():
+    assert sweep_from_dict(dict(train=dict(steps=100000, eval_every=100))).grok_gap == 1000
+    assert sweep_from_dict(dict(train=dict(steps=400, eval_every=20))).grok_gap == 20
+    assert sweep_from_dict(dict(events=dict(grok_gap=7))).grok_gap == 7
+
+
+def test_field_tables_are_consistent():
+    assert set(PER_RUN_FIELDS) <= set(AXIS_FIELDS)
+    assert {"seed", "data_fraction", "lr", "weight_decay", "init_scale", "beta1", "warmup_steps"} <= set(
+        PER_RUN_FIELDS)
+    assert {"p", "width", "steps"} <= set(AXIS_FIELDS) - set(PER_RUN_FIELDS)
+    assert len(describe_settings()) == sum(len(dataclasses.fields(c)) for c in
+                                           (type(getattr(SweepConfig(), s)) for s in
+                                            ("task", "model", "optimizer", "train", "events")))
+    assert all(FIELDS[k][1].metadata["doc"] for k in FIELDS)
+
+
+BAD = [
+    (dict(optimizer=dict(weight_decy=1.0)), "weight_decy", "did you mean 'weight_decay'"),
+    (dict(tusk=dict(name="add")), "tusk", "did you mean 'task'"),
+    (dict(task=dict(name="addd")), "task.name", "did you mean 'add'"),
+    (dict(model=dict(name="cnn")), "model.name", "allowed: mlp, transformer"),
+    (dict(task=dict(data_fraction=1.5)), "task.data_fraction", "< 1.0"),
+    (dict(task=dict(data_fraction=0)), "task.data_fraction", "> 0.0"),
+    (dict(optimizer=dict(weight_decay=-1)), "optimizer.weight_decay", ">= 0.0"),
+    (dict(optimizer=dict(lr=-0.1)), "optimizer.lr", "> 0.0"),
+    (dict(task=dict(p=1)), "task.p", ">= 2"),
+    (dict(train=dict(steps=0)), "train.steps", ">= 1"),
+    (dict(train=dict(steps="many")), "train.steps", "must be a number"),
+    (dict(train=dict(steps=10.5)), "train.steps", "must be an integer"),
+    (dict(model=dict(layer_norm="yes")), "model.layer_norm", "true or false"),
+    (dict(grid=dict(seed=[])), "grid.seed", "empty"),
+    (dict(grid=dict(seed=3)), "grid.seed", "must be a list"),
+    (dict(grid=dict(data_fraction=[0.5, 1.5])), "grid.data_fraction", "< 1.0"),
+    (dict(grid=dict(wieght_decay=[0.1])), "wieght_decay", "did you mean 'weight_decay'"),
+    (dict(grid=dict(seed=[1, 1])), "grid.seed", "duplicate"),
+    (dict(task=dict(name="div", p=12)), "task.p", "prime"),
+    (dict(train=dict(steps=100, eval_every=30)), "train.steps", "multiple of train.eval_every"),
+    (dict(model=dict(name="mlp", d_model=64)), "model.d_model", "not a setting of model 'mlp'"),
+    (dict(optimizer=dict(name="sgd", beta1=0.9)), "optimizer.beta1", "not a setting of optimizer 'sgd'"),
+    (dict(model=dict(name="transformer", d_model=30, n_heads=4)), "model.d_model", "multiple of model.n_heads"),
+    (dict(task=dict(p=11), train=dict(batch_size=500)), "train.batch_size", "full batch"),
+    (dict(name="a/b"), "name", "folder name"),
+]
+
+
+@pytest.mark.parametrize("raw, field, hint", BAD, ids=[b[1] + ":" + b[2] for b in BAD])
+def test_bad_input_names_the_field(raw, field, hint):
+    with pytest.raises(SweepError) as e:
+        sweep_from_dict(raw)
+    assert field in str(e.value) and hint in str(e.value)
+
+
+def test_syntax_error_and_missing_file(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[task\nname = 'add'")
+    with pytest.raises(SweepError, match="TOML syntax error"):
+        load_sweep(path)
+    with pytest.raises(SweepError, match="not found"):
+        load_sweep(tmp_path / "missing.toml")
