@@ -100,7 +100,7 @@ class Program:
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
         tx = make_optimizer(self.config.optimizer.name, hp)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(updates))
+        finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(updates))
         active = self.is_active(state)
         keep = active & finite
         new = state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state, key=key,

@@ -56,7 +56,7 @@ def evaluate(logits: jax.Array, labels: jax.Array, train_mask: jax.Array, params
         train_acc=mean(correct, train),
         test_loss=mean(loss, test),
         test_acc=mean(correct, test),
-        param_norm=optax.global_norm(params),
+        param_norm=optax.tree.norm(params),
     )
 
 

@@ -8,7 +8,8 @@ def make_sweep(**sections):
     raw = dict(name="test", task=dict(name="add", p=23), model=dict(name="mlp", embed_dim=32, width=64),
                optimizer=dict(lr=1e-2, weight_decay=1.0), train=dict(steps=60, eval_every=10))
     for key, value in sections.items():
-        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) and key != "grid" else value
+        replace = key == "grid" or not isinstance(value, dict) or (key == "model" and "name" in value)
+        raw[key] = value if replace else {**raw.get(key, {}), **value}
     return grokjax.sweep_from_dict(raw)
 
 

@@ -106,11 +106,11 @@ def test_absurd_learning_rate_diverges_alone(sweep):
 
 
 def test_sweep_stops_once_every_run_is_done(sweep):
-    config = sweep(task=dict(p=11, data_fraction=0.9), optimizer=dict(lr=3e-2, weight_decay=0.1),
-                   train=dict(steps=2000, eval_every=10), events=dict(patience=2), grid=dict(seed=[0, 1]))
+    config = sweep(task=dict(p=23, data_fraction=0.9), train=dict(steps=1000, eval_every=10),
+                   events=dict(patience=2), grid=dict(seed=[0, 1]))
     results = grokjax.run_sweep(config, progress=False)
-    assert results.runs.done.all() and (results.runs.phase != "confusion").all()
-    assert results.meta["run_steps"] < 2 * 2000
+    assert results.runs.done.all() and (results.runs.phase == "grokking").all()
+    assert results.meta["run_steps"] < 2 * 1000
     last = results.curves.groupby("run_id").step.max()
     np.testing.assert_array_equal(last.values, results.runs.final_step.values)
     np.testing.assert_array_equal(last.values, results.runs.grok_step.values + 10)  # patience 2
@@ -119,8 +119,8 @@ def test_sweep_stops_once_every_run_is_done(sweep):
 def test_minibatch_sgd_transformer_trains(sweep):
     config = sweep(task=dict(p=11, data_fraction=0.8),
                    model=dict(name="transformer", d_model=32, n_heads=2, d_mlp=64, layer_norm=True),
-                   optimizer=dict(name="sgd", lr=0.3, momentum=0.9, weight_decay=0.0, warmup_steps=5),
-                   train=dict(steps=100, eval_every=50, batch_size=32))
+                   optimizer=dict(name="sgd", lr=0.05, momentum=0.9, weight_decay=0.0, warmup_steps=5),
+                   train=dict(steps=200, eval_every=50, batch_size=32))
     results = grokjax.run_sweep(config, progress=False)
     losses = results.curves.train_loss.to_numpy()
     assert losses[-1] < 0.5 * np.log(11)
