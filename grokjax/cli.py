@@ -10,6 +10,7 @@ EXIT_BAD_INPUT = 2
 
 
 def _run(args) -> int:
+    from grokjax.plots import default_axes, phase_diagram
     from grokjax.run import run_sweep
     from grokjax.sweep import SweepError, load_sweep
 
@@ -29,6 +30,11 @@ def _run(args) -> int:
     print(f"grokjax: {n_runs} runs in {meta['wall_time_s']:.1f} s (compile {meta['compile_time_s']:.1f} s, "
           f"{meta['run_steps_per_s']:,.0f} run-steps/s): {phases}", file=sys.stderr)
     print(f"grokjax: results in {out}/ (runs.parquet, curves.parquet, meta.json)", file=sys.stderr)
+    axes = default_axes(config.grid)
+    if axes:
+        figure = phase_diagram(runs, out / "figures" / "phase_diagram.png", *axes,
+                               title=f"{config.name}: median steps to 99 % test accuracy")
+        print(f"grokjax: phase diagram in {figure}", file=sys.stderr)
     if not args.quiet:
         print(_summary(config, runs))
     return 0
