@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import importlib.metadata
+import os
 import platform
 import sys
 import time
@@ -78,16 +80,16 @@ def run_sweep(config: SweepConfig, out: str | Path | None = None, progress: bool
     groups = group_runs(runs)
     if progress is True:
         reporter = ProgressLine(max(r.train.steps for r in runs), len(groups))
+    elif callable(progress):
+        reporter = lambda info, group: progress(info)  # noqa: E731
     else:
-        reporter = progress or None
+        reporter = None
 
     events: dict[str, list] = {}
     parts, group_meta = [], []
     for g, run_ids in enumerate(groups):
         program = Program.build(runs[run_ids[0]])
-        on_progress = (lambda info, g=g: reporter(info, g)) if reporter else None
-        if reporter and not isinstance(reporter, ProgressLine):
-            on_progress = reporter
+        on_progress = functools.partial(reporter, group=g) if reporter else None
         result = train_group(program, [runs[i] for i in run_ids], run_ids, on_progress)
         parts.append(result.curves)
         for key, value in result.events.items():
@@ -124,6 +126,4 @@ def run_sweep(config: SweepConfig, out: str | Path | None = None, progress: bool
 
 
 def _cpu_count() -> int:
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
