@@ -191,20 +191,29 @@ def evals_per_call(n_evals: int, target: int = 25) -> int:
 
 
 @dataclasses.dataclass
-class GroupResult:
-    run_ids: list[int]
-    events: dict[str, np.ndarray]  # Events fields, [R]
-    curves: dict[str, np.ndarray]  # metric -> [rows], plus run_id and step
+class Round:
+    """What one host round trip brings back from a group."""
+
+    run_ids: np.ndarray  # [R] global run ids
+    metrics: dict[str, np.ndarray]  # [R, evals]: CURVE_METRICS, step, recorded
+    events: dict[str, np.ndarray]  # [R]: Events fields after this round
+    step: int  # steps the group has been trained for
+    run_steps: int  # steps trained so far, summed over runs
+    seconds: float  # training time so far
+
+
+@dataclasses.dataclass
+class GroupStats:
     runs_per_batch: int
     compile_time_s: float
     train_time_s: float
-    run_steps: int  # steps actually trained, summed over runs
+    run_steps: int
 
 
 def train_group(program: Program, runs: list[SweepConfig], run_ids: list[int],
-                on_progress: Callable[[dict], None] | None = None) -> GroupResult:
+                on_round: Callable[[Round], None]) -> GroupStats:
     """Train every run of one group (same static config) with one compiled program. The host
-    only moves metrics, reports progress and stops once every run is done or diverged."""
+    only hands each round's metrics to ``on_round`` and stops once every run is done or diverged."""
     cfg = program.config
     n_runs = len(runs)
     k = choose_runs_per_batch(cfg, n_runs)
@@ -217,30 +226,16 @@ def train_group(program: Program, runs: list[SweepConfig], run_ids: list[int],
     period = make_grid_period(program, n_runs, k, per_call).lower(states, hp).compile()
     compile_time = time.perf_counter() - t0
 
-    chunks: list[dict] = []
     run_steps = 0
     t0 = time.perf_counter()
     for call in range(n_evals // per_call):
-        before = np.asarray(states.step).sum()
+        before = int(np.asarray(states.step).sum())
         states, metrics = period(states, hp)
-        metrics = jax.device_get(metrics)
-        ev = jax.device_get(states.events)
-        run_steps += int(np.asarray(states.step).sum() - before)
-        chunks.append(metrics)
-        finished = ev.done | ev.diverged
-        if on_progress:
-            on_progress(dict(step=(call + 1) * per_call * cfg.train.eval_every, runs=n_runs,
-                             memorized=int((ev.memorize_step >= 0).sum()), grokked=int((ev.grok_step >= 0).sum()),
-                             diverged=int(ev.diverged.sum()), done=int(finished.sum()), run_steps=run_steps,
-                             seconds=time.perf_counter() - t0))
-        if cfg.events.stop_early and finished.all():
+        metrics, events = jax.device_get((metrics, states.events))
+        run_steps += int(np.asarray(states.step).sum()) - before
+        events = {f.name: np.asarray(getattr(events, f.name)) for f in dataclasses.fields(events)}
+        on_round(Round(np.asarray(run_ids), metrics, events, (call + 1) * per_call * cfg.train.eval_every,
+                       run_steps, time.perf_counter() - t0))
+        if cfg.events.stop_early and (events["done"] | events["diverged"]).all():
             break
-    train_time = time.perf_counter() - t0
-
-    stacked = {key: np.concatenate([c[key] for c in chunks], axis=1) for key in chunks[0]}  # [R, evals]
-    keep = stacked.pop("recorded")
-    ids = np.broadcast_to(np.asarray(run_ids)[:, None], keep.shape)
-    curves = {key: value[keep] for key, value in stacked.items()}
-    curves["run_id"] = ids[keep]
-    events = {f.name: np.asarray(getattr(ev, f.name)) for f in dataclasses.fields(ev)}
-    return GroupResult(list(run_ids), events, curves, k, compile_time, train_time, run_steps)
+    return GroupStats(k, compile_time, time.perf_counter() - t0, run_steps)

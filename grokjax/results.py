@@ -37,12 +37,13 @@ def curves_table(curve_parts: list[dict]) -> pd.DataFrame:
     return df.sort_values(["run_id", "step"], kind="stable").reset_index(drop=True)
 
 
-def runs_table(config: SweepConfig, runs: list[SweepConfig], events: dict[str, np.ndarray],
+def runs_table(config: SweepConfig, run_ids, runs: list[SweepConfig], events: dict[str, np.ndarray],
                curves: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: its settings, events, phase and final metrics (last evaluation it trained)."""
+    """One row per run: its settings, events, phase and final metrics (last evaluation it trained).
+    ``runs`` and the ``events`` arrays are aligned with ``run_ids``."""
     static_axes = [k for k, _ in config.grid if k not in PER_RUN_FIELDS]
     settings = [*PER_RUN_FIELDS, *static_axes]
-    df = pd.DataFrame({"run_id": np.arange(len(runs))})
+    df = pd.DataFrame({"run_id": np.asarray(run_ids, dtype=np.int64)})
     df["task"] = [r.task.name for r in runs]
     df["p"] = [r.task.p for r in runs]
     df["model"] = [r.model.name for r in runs]

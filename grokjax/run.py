@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Callable
 
 import jax
+import numpy as np
 import pandas as pd
 
-from grokjax.engine import Program, train_group
+from grokjax.engine import Program, Round, train_group
 from grokjax.results import Results, curves_table, runs_table, write_results
 from grokjax.sweep import SweepConfig
 
@@ -67,9 +68,48 @@ class ProgressLine:
         self.stream.flush()
 
 
+class Recorder:
+    """Collects each round's curves and events; writes the results folder, also part-way
+    (at most every ``write_every_s``) so a running sweep can be inspected and plotted."""
+
+    def __init__(self, config: SweepConfig, runs: list[SweepConfig], out: Path | None, sweep_text: str | None,
+                 write_every_s: float = 30.0):
+        self.config, self.runs, self.out, self.sweep_text = config, runs, out, sweep_text
+        self.write_every_s = write_every_s
+        self.curve_parts: list[dict] = []
+        self.events: dict[int, dict] = {}  # run_id -> latest events
+        self.last_write = time.perf_counter()
+
+    def record(self, round_: Round) -> None:
+        keep = round_.metrics["recorded"]
+        ids = np.broadcast_to(round_.run_ids[:, None], keep.shape)
+        part = {key: value[keep] for key, value in round_.metrics.items() if key != "recorded"}
+        part["run_id"] = ids[keep]
+        self.curve_parts.append(part)
+        for i, run_id in enumerate(round_.run_ids):
+            self.events[int(run_id)] = {key: value[i] for key, value in round_.events.items()}
+        if self.out is not None and time.perf_counter() - self.last_write > self.write_every_s:
+            self.write(dict(complete=False))
+
+    def tables(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        curves = curves_table(self.curve_parts)
+        ids = sorted(self.events)
+        events = {key: np.array([self.events[i][key] for i in ids]) for key in self.events[ids[0]]} if ids else {}
+        table = runs_table(self.config, ids, [self.runs[i] for i in ids], events, curves) if ids else None
+        return table, curves
+
+    def write(self, meta: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+        table, curves = self.tables()
+        if self.out is not None and table is not None:
+            write_results(self.out, table, curves, dict(name=self.config.name, **meta), self.sweep_text)
+        self.last_write = time.perf_counter()
+        return table, curves
+
+
 def run_sweep(config: SweepConfig, out: str | Path | None = None, progress: bool | Callable = True,
               sweep_text: str | None = None) -> Results:
-    """Train every run of ``config``; with ``out``, write the results folder there.
+    """Train every run of ``config``; with ``out``, write the results folder there (part-way
+    results every 30 s, flagged ``complete: false`` in meta.json, then the final ones).
 
     ``progress``: True for a status line on stderr, False for none, or a callable receiving a
     dict (step, runs, memorized, grokked, diverged, done, run_steps, seconds) after each round trip.
@@ -84,28 +124,31 @@ def run_sweep(config: SweepConfig, out: str | Path | None = None, progress: bool
         reporter = lambda info, group: progress(info)  # noqa: E731
     else:
         reporter = None
+    recorder = Recorder(config, runs, Path(out) if out is not None else None, sweep_text)
 
-    events: dict[str, list] = {}
-    parts, group_meta = [], []
+    group_meta = []
     for g, run_ids in enumerate(groups):
-        program = Program.build(runs[run_ids[0]])
-        on_progress = functools.partial(reporter, group=g) if reporter else None
-        result = train_group(program, [runs[i] for i in run_ids], run_ids, on_progress)
-        parts.append(result.curves)
-        for key, value in result.events.items():
-            events.setdefault(key, [None] * len(runs))
-            for i, v in zip(run_ids, value):
-                events[key][i] = v
-        group_meta.append(dict(runs=len(run_ids), runs_per_batch=result.runs_per_batch,
-                               compile_time_s=round(result.compile_time_s, 3),
-                               train_time_s=round(result.train_time_s, 3), run_steps=result.run_steps))
+        def on_round(round_: Round, g=g) -> None:
+            recorder.record(round_)
+            if reporter:
+                ev = round_.events
+                reporter(dict(step=round_.step, runs=len(round_.run_ids),
+                              memorized=int((ev["memorize_step"] >= 0).sum()),
+                              grokked=int((ev["grok_step"] >= 0).sum()), diverged=int(ev["diverged"].sum()),
+                              done=int((ev["done"] | ev["diverged"]).sum()), run_steps=round_.run_steps,
+                              seconds=round_.seconds), group=g)
 
-    curves = curves_table(parts)
-    table = runs_table(config, runs, {k: pd.Series(v).to_numpy() for k, v in events.items()}, curves)
+        stats = train_group(Program.build(runs[run_ids[0]]), [runs[i] for i in run_ids], run_ids, on_round)
+        group_meta.append(dict(runs=len(run_ids), runs_per_batch=stats.runs_per_batch,
+                               compile_time_s=round(stats.compile_time_s, 3),
+                               train_time_s=round(stats.train_time_s, 3), run_steps=stats.run_steps))
+
+    table, curves = recorder.tables()
     train_time = sum(g["train_time_s"] for g in group_meta)
     run_steps = sum(g["run_steps"] for g in group_meta)
     meta = dict(
         name=config.name,
+        complete=True,
         started_at=started.isoformat(timespec="seconds"),
         runs=len(runs),
         groups=group_meta,
