@@ -1,33 +1,121 @@
-"""Per-cell aggregates of a results table: the numbers behind every phase diagram."""
+"""The numbers behind every figure, as DataFrames: per-cell aggregates, phase shares, critical
+data fractions, and events recomputed from curves at other thresholds.
+
+A *cell* is one combination of the two chosen axes (default ``data_fraction`` x
+``weight_decay``); every other axis, seeds included, is aggregated within it.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
+from grokjax.metrics import NEVER, PHASES, classify_phases
 
-def cell_summary(runs: pd.DataFrame, x: str = "data_fraction", y: str = "weight_decay",
+METRICS = ("grok_step", "grok_delay", "memorize_step", "final_test_acc")
+
+
+def grokked(runs: pd.DataFrame) -> pd.Series:
+    """Whether each run reached the grok threshold (and did not diverge)."""
+    return runs["grok_step"].notna() & ~runs["diverged"].astype(bool)
+
+
+def _metric_values(runs: pd.DataFrame, metric: str) -> np.ndarray:
+    """Metric per run as floats; an event never reached counts as infinitely late."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    values = runs[metric].astype("Float64")
+    if metric != "final_test_acc":
+        values = values.fillna(np.inf)
+    return values.astype(float).to_numpy()
+
+
+def cell_summary(runs: pd.DataFrame, x: str = "data_fraction", y: str | None = "weight_decay",
                  metric: str = "grok_step") -> pd.DataFrame:
-    """One row per (y, x) cell over the other axes (seeds): runs, share grokked, median and
-    interquartile range of ``metric`` with never-reached counted as infinitely late (so the
-    median is infinite when most seeds never got there), and the majority phase."""
-    df = runs.copy()
-    value = df[metric].astype("Float64").fillna(np.inf).astype(float)
-    df["_value"] = value
-    df["_grokked"] = df["grok_step"].notna() & ~df["diverged"].astype(bool)
+    """One row per (y, x) cell: runs, share grokked, median and interquartile range of
+    ``metric`` (never reached = inf, so the median is inf when most runs never got there), the
+    majority phase and the share of runs in it."""
+    keys = [k for k in (y, x) if k is not None]
+    for key in keys:
+        if key not in runs:
+            raise ValueError(f"axis '{key}' is not a column of runs.parquet; "
+                             f"columns: {', '.join(map(str, runs.columns))}")
+    df = runs.assign(_value=_metric_values(runs, metric), _grokked=grokked(runs))
 
     def per_cell(g: pd.DataFrame) -> pd.Series:
         phases = g["phase"].value_counts()
-        return pd.Series({
-            "runs": len(g),
-            "grokked": g["_grokked"].mean(),
-            f"median_{metric}": float(np.median(g["_value"])),
-            # inverted_cdf picks observed values, so quantiles of never-reached cells stay inf
-            f"q25_{metric}": float(np.quantile(g["_value"], 0.25, method="inverted_cdf")),
-            f"q75_{metric}": float(np.quantile(g["_value"], 0.75, method="inverted_cdf")),
-            "phase": phases.index[0],
-            "phase_share": phases.iloc[0] / len(g),
-        })
+        values = g["_value"].to_numpy()
+        # inverted_cdf picks observed values, so quantiles of never-reached cells stay inf
+        q25, q75 = (float(np.quantile(values, q, method="inverted_cdf")) for q in (0.25, 0.75))
+        q50 = float(np.median(values))  # inf as soon as half the runs never got there
+        return pd.Series({"runs": len(g), "grokked": float(g["_grokked"].mean()), f"median_{metric}": q50,
+                          f"q25_{metric}": q25, f"q75_{metric}": q75, "phase": phases.index[0],
+                          "phase_share": float(phases.iloc[0] / len(g))})
 
-    keys = [k for k in (y, x) if k is not None]
     return df.groupby(keys, sort=True)[list(df.columns)].apply(per_cell).reset_index()
+
+
+def phase_shares(runs: pd.DataFrame, x: str = "data_fraction", y: str | None = "weight_decay") -> pd.DataFrame:
+    """Share of runs in each phase per cell: one column per phase (FIELD.md), rows sum to 1."""
+    keys = [k for k in (y, x) if k is not None]
+    shares = pd.crosstab([runs[k] for k in keys], runs["phase"], normalize="index")
+    return shares.reindex(columns=list(PHASES), fill_value=0.0).reset_index().rename_axis(columns=None)
+
+
+def critical_fraction(runs: pd.DataFrame, by: str | None = "weight_decay", fraction: str = "data_fraction",
+                      majority: float = 0.5, n_boot: int = 1000, level: float = 0.95,
+                      seed: int = 0) -> pd.DataFrame:
+    """For each value of ``by``: the smallest data fraction at which more than ``majority`` of
+    the runs grok within the budget, and a bootstrap interval from resampling the runs (seeds)
+    of every cell. NaN where no fraction qualifies (in a bootstrap sample: counted as above the
+    largest fraction, so the upper bound is NaN when that happens often)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    groups = runs.groupby(by, sort=True) if by else [(None, runs)]
+    for value, g in groups:
+        cells = list(g.groupby(fraction, sort=True))
+        fractions = np.array([f for f, _ in cells])
+        outcomes = [grokked(c).to_numpy() for _, c in cells]
+
+        def estimate(shares: np.ndarray) -> float:
+            ok = np.nonzero(shares > majority)[0]
+            return float(fractions[ok[0]]) if len(ok) else np.inf
+
+        point = estimate(np.array([o.mean() for o in outcomes]))
+        boot = np.array([estimate(np.array([rng.choice(o, len(o)).mean() for o in outcomes]))
+                         for _ in range(n_boot)])
+        lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2], method="inverted_cdf")
+        row = {by: value} if by else {}
+        rows.append({**row, "critical_fraction": point, "low": lo, "high": hi,
+                     "runs": len(g), "seeds_per_cell": min(len(o) for o in outcomes)})
+    out = pd.DataFrame(rows)
+    return out.replace([np.inf], np.nan)
+
+
+def events_from_curves(curves: pd.DataFrame, memorize_threshold: float = 0.99,
+                       grok_threshold: float = 0.99) -> pd.DataFrame:
+    """Per run: ``memorize_step`` and ``grok_step`` recomputed from its curve at other
+    thresholds (Liu et al. use 0.9), null where never reached."""
+    def first_step(df: pd.DataFrame, column: str, threshold: float) -> pd.Series:
+        hit = df[df[column] >= threshold]
+        return hit.groupby("run_id")["step"].min()
+
+    ids = pd.Index(sorted(curves["run_id"].unique()), name="run_id")
+    out = pd.DataFrame(index=ids)
+    out["memorize_step"] = first_step(curves, "train_acc", memorize_threshold).reindex(ids).astype("Int64")
+    out["grok_step"] = first_step(curves, "test_acc", grok_threshold).reindex(ids).astype("Int64")
+    return out.reset_index()
+
+
+def reclassify(runs: pd.DataFrame, curves: pd.DataFrame, memorize_threshold: float = 0.99,
+               grok_threshold: float = 0.99, gap: int | None = None) -> pd.DataFrame:
+    """A copy of ``runs`` with events and phases recomputed at other thresholds (and gap)."""
+    events = events_from_curves(curves, memorize_threshold, grok_threshold).set_index("run_id")
+    out = runs.copy()
+    for column in ("memorize_step", "grok_step"):
+        out[column] = out["run_id"].map(events[column]).astype("Int64")
+    out["grok_delay"] = out["grok_step"] - out["memorize_step"]
+    gap = out["grok_gap"].to_numpy() if gap is None else gap
+    out["phase"] = classify_phases(out["memorize_step"].fillna(NEVER).to_numpy(),
+                                   out["grok_step"].fillna(NEVER).to_numpy(), out["diverged"].to_numpy(), gap)
+    return out

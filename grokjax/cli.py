@@ -1,4 +1,5 @@
-"""Command line: ``grokjax run FILE`` trains a sweep; ``grokjax info`` lists tasks, settings, devices."""
+"""Command line: ``grokjax run FILE`` trains a sweep, ``plot DIR`` and ``summary DIR`` read its results,
+``info`` lists tasks, settings and devices."""
 
 from __future__ import annotations
 
@@ -6,11 +7,17 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
+from grokjax.analysis import METRICS
+from grokjax.plots import FORMATS
+
 EXIT_BAD_INPUT = 2
 
 
 def _run(args) -> int:
-    from grokjax.plots import default_axes, phase_diagram
+    from grokjax.plots import default_axes, plot_results
     from grokjax.run import run_sweep
     from grokjax.sweep import SweepError, load_sweep
 
@@ -32,24 +39,98 @@ def _run(args) -> int:
     print(f"grokjax: results in {out}/ (runs.parquet, curves.parquet, meta.json)", file=sys.stderr)
     axes = default_axes(config.grid)
     if axes:
-        figure = phase_diagram(runs, out / "figures" / "phase_diagram.png", *axes,
-                               title=f"{config.name}: median steps to 99 % test accuracy")
-        print(f"grokjax: phase diagram in {figure}", file=sys.stderr)
+        figures = plot_results(runs, results.curves, out / "figures", *axes, name=config.name)
+        print(f"grokjax: figures in {out / 'figures'}/ ({', '.join(f.name for f in figures)})", file=sys.stderr)
+    else:
+        print("grokjax: no phase diagram: the grid has fewer than two axes besides seed", file=sys.stderr)
     if not args.quiet:
-        print(_summary(config, runs))
+        axes = axes or (next((k for k, v in config.grid if k != "seed" and len(v) > 1), "data_fraction"), None)
+        print(_summary(runs, *axes))
     return 0
 
 
-def _summary(config, runs) -> str:
-    """Median grok step over the remaining axes, per value of the first two grid axes."""
-    axes = [k for k, v in config.grid if k != "seed" and len(v) > 1][:2]
-    if not axes:
-        return runs[["run_id", "memorize_step", "grok_step", "phase", "final_test_acc"]].to_string(index=False)
-    if len(axes) == 1:
-        table = runs.groupby(axes[0])["grok_step"].median()
-    else:
-        table = runs.pivot_table(index=axes[0], columns=axes[1], values="grok_step", aggfunc="median", dropna=False)
-    return f"median grok_step over the other axes (NaN: none grokked within the budget):\n{table.to_string()}"
+def _summary(runs, x: str, y: str | None) -> str:
+    """Per cell: runs, share grokked, median grok step with interquartile range, majority phase."""
+    from grokjax.analysis import cell_summary
+
+    cells = cell_summary(runs, x, y)
+
+    def steps(v):
+        return "never" if not np.isfinite(v) else f"{v:.0f}"
+
+    table = pd.DataFrame({
+        **{k: cells[k] for k in (y, x) if k},
+        "runs": cells["runs"],
+        "grokked": [f"{v:.0%}" for v in cells["grokked"]],
+        "median grok_step": [steps(v) for v in cells["median_grok_step"]],
+        "IQR": [steps(a) if a == b else f"{steps(a)}-{steps(b)}"
+                for a, b in zip(cells["q25_grok_step"], cells["q75_grok_step"])],
+        "phase": [f"{p} ({s:.0%})" for p, s in zip(cells["phase"], cells["phase_share"])],
+    })
+    return table.to_string(index=False)
+
+
+def _axes_of(path: Path, runs) -> tuple[str, str | None]:
+    """Default axes of a results folder: from its sweep.toml's grid, else from the columns that vary."""
+    from grokjax.plots import default_axes
+    from grokjax.sweep import AXIS_FIELDS, SweepError, load_sweep
+
+    try:
+        axes = default_axes(load_sweep(path / "sweep.toml").grid)
+    except SweepError:
+        varying = tuple((k, tuple(runs[k].unique())) for k in AXIS_FIELDS if k in runs and runs[k].nunique() > 1)
+        axes = default_axes(varying)
+    if axes:
+        return axes
+    varying = [k for k in ("data_fraction", "weight_decay", "lr") if k in runs and runs[k].nunique() > 1]
+    return (varying[0] if varying else "data_fraction"), None
+
+
+def _load(path: str):
+    from grokjax.results import load_results
+
+    path = Path(path)
+    try:
+        return path, load_results(path)
+    except FileNotFoundError as e:
+        raise _BadInput(str(e)) from None
+
+
+class _BadInput(Exception):
+    pass
+
+
+def _plot(args) -> int:
+    from grokjax.plots import plot_results
+
+    path, results = _load(args.dir)
+    x, y = _axes_of(path, results.runs)
+    x, y = args.x or x, args.y or y
+    if y is None:
+        return _fail("the results vary along fewer than two axes; name them with --x and --y")
+    out = Path(args.out) if args.out else path / "figures"
+    try:
+        figures = plot_results(results.runs, results.curves, out, x, y, args.metric, args.facet, args.format,
+                               name=results.meta.get("name", path.name))
+    except ValueError as e:
+        return _fail(str(e))
+    partial = "" if results.meta.get("complete", True) else " (sweep still running: partial results)"
+    print(f"grokjax: {len(figures)} figures in {out}/{partial}: {', '.join(f.name for f in figures)}")
+    return 0
+
+
+def _summary_command(args) -> int:
+    path, results = _load(args.dir)
+    x, y = _axes_of(path, results.runs)
+    x, y = args.x or x, args.y or y
+    for axis in (x, y):
+        if axis and axis not in results.runs:
+            return _fail(f"axis '{axis}' is not a column of runs.parquet")
+    meta = results.meta
+    state = "complete" if meta.get("complete", True) else "still running (partial results)"
+    print(f"{meta.get('name', path.name)}: {len(results.runs)} runs, {state}")
+    print(_summary(results.runs, x, y))
+    return 0
 
 
 def _info(args) -> int:
@@ -85,6 +166,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="results folder (default: results/<sweep name>)")
     run.add_argument("--quiet", action="store_true", help="no progress line or summary")
     run.set_defaults(func=_run)
+    plot = sub.add_parser("plot", help="figures of a results folder (finished or still running)")
+    plot.add_argument("dir", help="results folder")
+    plot.add_argument("--x", help="horizontal axis (default: data_fraction, or the grid's first axis)")
+    plot.add_argument("--y", help="vertical axis (default: weight_decay, or the grid's second axis)")
+    plot.add_argument("--facet", help="one panel per value of this axis; other axes are aggregated")
+    plot.add_argument("--metric", default="grok_step", choices=METRICS, help="value of the heatmap")
+    plot.add_argument("--format", default="png", choices=FORMATS)
+    plot.add_argument("--out", help="folder for the figures (default: DIR/figures)")
+    plot.set_defaults(func=_plot)
+    summary = sub.add_parser("summary", help="a table per cell: runs, share grokked, grok step, phase")
+    summary.add_argument("dir", help="results folder")
+    summary.add_argument("--x", help="first axis (default as for plot)")
+    summary.add_argument("--y", help="second axis (default as for plot)")
+    summary.set_defaults(func=_summary_command)
     info = sub.add_parser("info", help="versions, devices, tasks and every sweep setting")
     info.set_defaults(func=_info)
     return parser
@@ -94,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except _BadInput as e:
+        return _fail(str(e))
     except KeyboardInterrupt:
         print("grokjax: interrupted", file=sys.stderr)
         return 130

@@ -1,4 +1,5 @@
-"""Figures from a results table (matplotlib, no display needed)."""
+"""Figures from a results folder (matplotlib, no display needed). Every number drawn comes
+from ``grokjax.analysis``, so a notebook gets the same values as the figures."""
 
 from __future__ import annotations
 
@@ -10,52 +11,255 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
-from grokjax.analysis import cell_summary  # noqa: E402
+from grokjax.analysis import cell_summary, critical_fraction, phase_shares  # noqa: E402
+from grokjax.metrics import PHASES  # noqa: E402
 
-
-def phase_diagram(runs: pd.DataFrame, path: str | Path, x: str = "data_fraction", y: str = "weight_decay",
-                  title: str | None = None) -> Path:
-    """Heatmap of the median grok step per (x, y) cell; cells where most seeds never grokked are
-    grey and hatched. Every cell is labelled with its median and the share of seeds that grokked."""
-    cells = cell_summary(runs, x, y)
-    xs, ys = sorted(cells[x].unique()), sorted(cells[y].unique())
-    grid = np.full((len(ys), len(xs)), np.nan)
-    share = np.zeros_like(grid)
-    for row in cells.itertuples(index=False):
-        i, j = ys.index(getattr(row, y)), xs.index(getattr(row, x))
-        grid[i, j] = getattr(row, "median_grok_step")
-        share[i, j] = row.grokked
-    finite = np.where(np.isfinite(grid), grid, np.nan)
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(xs), 1.4 + 0.8 * len(ys)), constrained_layout=True)
-    ax.set_facecolor("0.85")
-    image = ax.imshow(finite, origin="lower", cmap="viridis_r", aspect="auto")
-    for i in range(len(ys)):
-        for j in range(len(xs)):
-            if np.isfinite(grid[i, j]):
-                label, color = f"{grid[i, j]:.0f}", "white" if finite[i, j] > np.nanmean(finite) else "black"
-            else:
-                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", color="0.6", lw=0))
-                label, color = "never", "0.25"
-            ax.text(j, i, f"{label}\n{share[i, j]:.0%} grokked", ha="center", va="center", fontsize=8, color=color)
-    ax.set_xticks(range(len(xs)), [f"{v:g}" for v in xs])
-    ax.set_yticks(range(len(ys)), [f"{v:g}" for v in ys])
-    ax.set_xlabel(x.replace("_", " "))
-    ax.set_ylabel(y.replace("_", " "))
-    ax.set_title(title or "median steps to 99 % test accuracy")
-    if np.isfinite(finite).any():
-        fig.colorbar(image, ax=ax, label="grok step (median over seeds)")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
+PHASE_COLORS = {"comprehension": "#4daf4a", "grokking": "#377eb8", "memorization": "#ff7f00",
+                "confusion": "#999999", "diverged": "#e41a1c"}
+METRIC_LABELS = {"grok_step": "steps to 99 % test accuracy", "grok_delay": "grok delay (steps after memorizing)",
+                 "memorize_step": "steps to 99 % train accuracy", "final_test_acc": "final test accuracy"}
+FORMATS = ("png", "svg", "pdf")
 
 
-def default_axes(grid: tuple) -> tuple[str, str] | None:
+def default_axes(grid) -> tuple[str, str] | None:
     """The two axes a phase diagram shows: data_fraction x weight_decay when both vary, else the
     first two grid axes with more than one value (seeds are aggregated)."""
     varying = [k for k, v in grid if k != "seed" and len(v) > 1]
     if "data_fraction" in varying and "weight_decay" in varying:
         return "data_fraction", "weight_decay"
     return tuple(varying[:2]) if len(varying) >= 2 else None
+
+
+def _spans_decades(values) -> bool:
+    values = np.asarray(values, float)
+    return bool(len(values) > 2 and values.min() > 0 and values.max() / values.min() >= 10)
+
+
+def _edges(values, log: bool) -> np.ndarray:
+    """Cell edges around sorted centres: midpoints (geometric on a log axis), mirrored at the ends."""
+    v = np.log(values) if log else np.asarray(values, float)
+    if len(v) == 1:
+        mid = np.array([v[0] - 0.5, v[0] + 0.5]) if not log else np.array([v[0] - 0.3, v[0] + 0.3])
+    else:
+        inner = (v[1:] + v[:-1]) / 2
+        mid = np.concatenate([[v[0] - (inner[0] - v[0])], inner, [v[-1] + (v[-1] - inner[-1])]])
+    return np.exp(mid) if log else mid
+
+
+def _cell_axes(ax, cells: pd.DataFrame, x: str, y: str):
+    """Set up a heatmap axes; returns (xs, ys, x_edges, y_edges)."""
+    xs, ys = sorted(cells[x].unique()), sorted(cells[y].unique())
+    xlog, ylog = _spans_decades(xs), _spans_decades(ys)
+    xe, ye = _edges(xs, xlog), _edges(ys, ylog)
+    if xlog:
+        ax.set_xscale("log")
+    if ylog:
+        ax.set_yscale("log")
+    ax.set_xlim(xe[0], xe[-1])
+    ax.set_ylim(ye[0], ye[-1])
+    ax.set_xticks(xs, [f"{v:g}" for v in xs])
+    ax.set_yticks(ys, [f"{v:g}" for v in ys])
+    ax.minorticks_off()
+    ax.set_xlabel(x.replace("_", " "))
+    ax.set_ylabel(y.replace("_", " "))
+    return xs, ys, xe, ye
+
+
+def _centre(edges, i, log):
+    return np.sqrt(edges[i] * edges[i + 1]) if log else (edges[i] + edges[i + 1]) / 2
+
+
+def draw_metric_map(ax, runs: pd.DataFrame, x: str, y: str, metric: str = "grok_step"):
+    """Median ``metric`` per cell; cells where most runs never got there are grey and hatched.
+    Each cell is labelled with its median and the share of its runs that grokked."""
+    cells = cell_summary(runs, x, y, metric)
+    xs, ys, xe, ye = _cell_axes(ax, cells, x, y)
+    grid = np.full((len(ys), len(xs)), np.nan)
+    share = np.full_like(grid, np.nan)
+    for row in cells.to_dict("records"):
+        i, j = ys.index(row[y]), xs.index(row[x])
+        grid[i, j], share[i, j] = row[f"median_{metric}"], row["grokked"]
+    finite = np.ma.masked_invalid(np.where(np.isfinite(grid), grid, np.nan))
+    ax.set_facecolor("white")
+    cmap = "viridis" if metric == "final_test_acc" else "viridis_r"
+    mesh = ax.pcolormesh(xe, ye, finite, cmap=cmap, shading="flat")
+    mid = np.nanmean(finite.filled(np.nan)) if finite.count() else 0
+    xlog, ylog = ax.get_xscale() == "log", ax.get_yscale() == "log"
+    for i in range(len(ys)):
+        for j in range(len(xs)):
+            cx, cy = _centre(xe, j, xlog), _centre(ye, i, ylog)
+            if np.isnan(share[i, j]):
+                continue  # no runs in this cell (a half-finished sweep)
+            if np.isfinite(grid[i, j]):
+                value = f"{grid[i, j]:.2f}" if metric == "final_test_acc" else f"{grid[i, j]:.0f}"
+                dark = (grid[i, j] < mid) if metric == "final_test_acc" else (grid[i, j] > mid)
+                color = "white" if dark else "black"
+            else:
+                ax.add_patch(Rectangle((xe[j], ye[i]), xe[j + 1] - xe[j], ye[i + 1] - ye[i], facecolor="0.88",
+                                       hatch="///", edgecolor="0.65", lw=0))
+                value, color = "never", "0.2"
+            ax.text(cx, cy, f"{value}\n{share[i, j]:.0%} grok", ha="center", va="center", fontsize=7, color=color)
+    return mesh if finite.count() else None
+
+
+def draw_phase_map(ax, runs: pd.DataFrame, x: str, y: str):
+    """Each cell coloured by its majority phase, labelled with the share of runs agreeing."""
+    cells = cell_summary(runs, x, y)
+    xs, ys, xe, ye = _cell_axes(ax, cells, x, y)
+    codes = np.full((len(ys), len(xs)), np.nan)
+    for row in cells.to_dict("records"):
+        i, j = ys.index(row[y]), xs.index(row[x])
+        codes[i, j] = PHASES.index(row["phase"])
+        ax.text(_centre(xe, j, ax.get_xscale() == "log"), _centre(ye, i, ax.get_yscale() == "log"),
+                f"{row['phase']}\n{row['phase_share']:.0%}", ha="center", va="center", fontsize=6.5)
+    cmap = ListedColormap([PHASE_COLORS[p] for p in PHASES])
+    ax.pcolormesh(xe, ye, np.ma.masked_invalid(codes), cmap=cmap, vmin=-0.5, vmax=len(PHASES) - 0.5, alpha=0.75)
+    present = [p for p in PHASES if p in set(cells["phase"])]
+    return [Patch(facecolor=PHASE_COLORS[p], alpha=0.75, label=p) for p in present]
+
+
+def _facets(runs: pd.DataFrame, facet: str | None):
+    if facet is None:
+        return [(None, runs)]
+    if facet not in runs:
+        raise ValueError(f"--facet '{facet}' is not a column of runs.parquet")
+    return list(runs.groupby(facet, sort=True))
+
+
+def _subplots(n: int, cell_w: float, cell_h: float):
+    fig, axes = plt.subplots(1, n, figsize=(cell_w * n + 1.2, cell_h), constrained_layout=True, squeeze=False)
+    return fig, axes[0]
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
+
+
+def phase_diagram(runs: pd.DataFrame, path, x: str = "data_fraction", y: str = "weight_decay",
+                  metric: str = "grok_step", facet: str | None = None, title: str | None = None) -> Path:
+    facets = _facets(runs, facet)
+    nx, ny = runs[x].nunique(), runs[y].nunique()
+    fig, axes = _subplots(len(facets), 1.0 + 0.95 * nx, 1.5 + 0.75 * ny)
+    mesh = None
+    for ax, (value, sub) in zip(axes, facets):
+        mesh = draw_metric_map(ax, sub, x, y, metric) or mesh
+        if facet:
+            ax.set_title(f"{facet} = {value:g}", fontsize=9)
+    if mesh is not None:
+        fig.colorbar(mesh, ax=list(axes), label=f"median {METRIC_LABELS[metric]}")
+    fig.suptitle(title or f"median {METRIC_LABELS[metric]} (over seeds and other axes)", fontsize=10)
+    return _save(fig, Path(path))
+
+
+def phase_map(runs: pd.DataFrame, path, x: str = "data_fraction", y: str = "weight_decay",
+              facet: str | None = None, title: str | None = None) -> Path:
+    facets = _facets(runs, facet)
+    nx, ny = runs[x].nunique(), runs[y].nunique()
+    fig, axes = _subplots(len(facets), 1.0 + 1.0 * nx, 1.6 + 0.75 * ny)
+    handles = {}
+    for ax, (value, sub) in zip(axes, facets):
+        for h in draw_phase_map(ax, sub, x, y):
+            handles[h.get_label()] = h
+        if facet:
+            ax.set_title(f"{facet} = {value:g}", fontsize=9)
+    fig.legend(handles=list(handles.values()), loc="outside right center", fontsize=8, frameon=False)
+    fig.suptitle(title or "majority phase per cell (share of runs agreeing)", fontsize=10)
+    return _save(fig, Path(path))
+
+
+def representative_cells(runs: pd.DataFrame, x: str, y: str) -> dict[str, tuple]:
+    """For each phase present: the (y, x) cell where that phase holds the largest share."""
+    shares = phase_shares(runs, x, y)
+    out = {}
+    for phase in PHASES:
+        if phase in shares and shares[phase].max() > 0:
+            best = shares.loc[shares[phase].idxmax()]
+            out[phase] = (best[y], best[x])
+    return out
+
+
+def learning_curves(runs: pd.DataFrame, curves: pd.DataFrame, path, x: str = "data_fraction",
+                    y: str = "weight_decay", title: str | None = None) -> Path:
+    """One panel per phase, for its most typical cell: train (dashed) and test (solid) accuracy
+    against step, each run thin and the median over runs bold; parameter norm on a twin axis."""
+    cells = representative_cells(runs, x, y)
+    fig, axes = _subplots(max(len(cells), 1), 3.4, 3.0)
+    for ax, (phase, (yv, xv)) in zip(axes, cells.items()):
+        ids = runs[(runs[x] == xv) & (runs[y] == yv)]["run_id"]
+        sub = curves[curves["run_id"].isin(ids)]
+        norm_ax = ax.twinx()
+        for _, c in sub.groupby("run_id"):
+            ax.plot(c["step"], c["train_acc"], "--", color="C1", lw=0.6, alpha=0.5)
+            ax.plot(c["step"], c["test_acc"], "-", color="C0", lw=0.6, alpha=0.5)
+            norm_ax.plot(c["step"], c["param_norm"], ":", color="0.5", lw=0.6, alpha=0.5)
+        med = sub.groupby("step")[["train_acc", "test_acc", "param_norm"]].median()
+        ax.plot(med.index, med["train_acc"], "--", color="C1", lw=2, label="train acc")
+        ax.plot(med.index, med["test_acc"], "-", color="C0", lw=2, label="test acc")
+        norm_ax.plot(med.index, med["param_norm"], ":", color="0.3", lw=1.5, label="param norm")
+        ax.set_xscale("log")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("step")
+        ax.set_ylabel("accuracy")
+        norm_ax.set_ylabel("parameter norm", color="0.4")
+        ax.set_title(f"{phase}: {x}={xv:g}, {y}={yv:g} ({len(ids)} runs)", fontsize=8.5)
+    if cells:
+        handles, labels = axes[0].get_legend_handles_labels()
+        handles.append(plt.Line2D([], [], ls=":", color="0.3", lw=1.5))
+        axes[0].legend(handles, labels + ["param norm (right)"], fontsize=7, loc="center left")
+    fig.suptitle(title or "learning curves of a typical cell per phase", fontsize=10)
+    return _save(fig, Path(path))
+
+
+def critical_fraction_plot(runs: pd.DataFrame, path, by: str = "weight_decay", title: str | None = None) -> Path:
+    """Smallest data fraction at which most runs grok, per value of ``by``, with bootstrap
+    intervals over seeds. Values where no fraction qualifies are marked at the top."""
+    table = critical_fraction(runs, by)
+    fig, ax = plt.subplots(figsize=(4.8, 3.4), constrained_layout=True)
+    ok = table["critical_fraction"].notna()
+    low = (table["critical_fraction"] - table["low"]).where(ok, 0)
+    high = (table["high"] - table["critical_fraction"]).where(table["high"].notna() & ok, 0)
+    ax.errorbar(table.loc[ok, by], table.loc[ok, "critical_fraction"], yerr=[low[ok], high[ok]], fmt="o-",
+                capsize=4, label="critical data fraction (95 % bootstrap)")
+    top = runs["data_fraction"].max()
+    if (~ok).any():
+        ax.plot(table.loc[~ok, by], [top] * int((~ok).sum()), "v", color="C3", label=f"none up to {top:g}")
+    if _spans_decades(table[by]):
+        ax.set_xscale("log")
+        ax.minorticks_off()
+    ax.set_xticks(table[by], [f"{v:g}" for v in table[by]])
+    ax.set_xlabel(by.replace("_", " "))
+    ax.set_ylabel("data fraction")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    ax.set_title(title or "smallest data fraction where most seeds grok", fontsize=10)
+    return _save(fig, Path(path))
+
+
+def plot_results(runs: pd.DataFrame, curves: pd.DataFrame, out_dir, x: str, y: str, metric: str = "grok_step",
+                 facet: str | None = None, fmt: str = "png", name: str = "") -> list[Path]:
+    """Every figure for a results table into ``out_dir``; returns the paths written."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    for axis in (x, y):
+        if axis not in runs:
+            raise ValueError(f"axis '{axis}' is not a column of runs.parquet")
+    out_dir = Path(out_dir)
+    prefix = f"{name}: " if name else ""
+    paths = [
+        phase_diagram(runs, out_dir / f"phase_diagram.{fmt}", x, y, metric, facet,
+                      f"{prefix}median {METRIC_LABELS[metric]}"),
+        phase_map(runs, out_dir / f"phase_map.{fmt}", x, y, facet, f"{prefix}majority phase per cell"),
+        learning_curves(runs, curves, out_dir / f"learning_curves.{fmt}", x, y,
+                        f"{prefix}learning curves of a typical cell per phase"),
+    ]
+    other = y if x == "data_fraction" else x if y == "data_fraction" else None
+    if other is not None and runs["data_fraction"].nunique() > 1:
+        paths.append(critical_fraction_plot(runs, out_dir / f"critical_fraction.{fmt}", other,
+                                            f"{prefix}critical data fraction"))
+    return paths

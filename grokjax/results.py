@@ -56,8 +56,8 @@ def runs_table(config: SweepConfig, run_ids, runs: list[SweepConfig], events: di
     df["grok_delay"] = df["grok_step"] - df["memorize_step"]
     df["diverged"] = np.asarray(events["diverged"], bool)
     df["diverged_step"] = _steps(events["diverged_step"])
-    df["phase"] = classify_phases(events["memorize_step"], events["grok_step"], events["diverged"],
-                                  [r.grok_gap for r in runs])
+    df["grok_gap"] = [r.grok_gap for r in runs]
+    df["phase"] = classify_phases(events["memorize_step"], events["grok_step"], events["diverged"], df["grok_gap"])
     df["done"] = np.asarray(events["done"], bool)
     last = curves.groupby("run_id").tail(1).set_index("run_id")
     df["final_step"] = df["run_id"].map(last["step"]).astype("Int64")

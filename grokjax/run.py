@@ -107,9 +107,9 @@ class Recorder:
 
 
 def run_sweep(config: SweepConfig, out: str | Path | None = None, progress: bool | Callable = True,
-              sweep_text: str | None = None) -> Results:
+              sweep_text: str | None = None, write_every_s: float = 30.0) -> Results:
     """Train every run of ``config``; with ``out``, write the results folder there (part-way
-    results every 30 s, flagged ``complete: false`` in meta.json, then the final ones).
+    results every ``write_every_s``, flagged ``complete: false`` in meta.json, then the final ones).
 
     ``progress``: True for a status line on stderr, False for none, or a callable receiving a
     dict (step, runs, memorized, grokked, diverged, done, run_steps, seconds) after each round trip.
@@ -124,7 +124,7 @@ def run_sweep(config: SweepConfig, out: str | Path | None = None, progress: bool
         reporter = lambda info, group: progress(info)  # noqa: E731
     else:
         reporter = None
-    recorder = Recorder(config, runs, Path(out) if out is not None else None, sweep_text)
+    recorder = Recorder(config, runs, Path(out) if out is not None else None, sweep_text, write_every_s)
 
     group_meta = []
     for g, run_ids in enumerate(groups):

@@ -101,3 +101,48 @@ def test_info_lists_tasks_and_settings(tmp_path):
     proc = grokjax("info", cwd=tmp_path)
     assert proc.returncode == 0
     assert "x3_xy2_y" in proc.stdout and "s5_mul" in proc.stdout and "optimizer.weight_decay" in proc.stdout
+
+
+PHASE_SWEEP = QUICK.replace('name = "tiny"', 'name = "phases"').replace(
+    "data_fraction = [0.3, 0.6]", "data_fraction = [0.3, 0.6]\nweight_decay = [0.1, 1.0]")
+
+
+def test_run_plot_and_summary(tmp_path):
+    (tmp_path / "phases.toml").write_text(PHASE_SWEEP)
+    proc = grokjax("run", "phases.toml", "--out", "res", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    figures = tmp_path / "res" / "figures"
+    assert {p.name for p in figures.iterdir()} == {"phase_diagram.png", "phase_map.png", "learning_curves.png",
+                                                   "critical_fraction.png"}
+    proc = grokjax("plot", "res", "--metric", "final_test_acc", "--format", "svg", "--facet", "seed",
+                   "--out", "svgs", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "svgs" / "phase_diagram.svg").is_file()
+    proc = grokjax("summary", "res", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "8 runs, complete" in lines[0] and "median grok_step" in lines[1] and len(lines) == 2 + 4
+    proc = grokjax("plot", "res", "--x", "width", cwd=tmp_path)
+    assert proc.returncode == 2 and "width" in proc.stderr and "Traceback" not in proc.stderr
+    proc = grokjax("plot", "nothing_here", cwd=tmp_path)
+    assert proc.returncode == 2 and "not a grokjax results folder" in proc.stderr
+
+
+def test_a_running_sweep_can_be_plotted(tmp_path):
+    import grokjax as gj
+
+    (tmp_path / "phases.toml").write_text(PHASE_SWEEP.replace("steps = 40", "steps = 80"))
+    seen = []
+
+    def on_round(info):
+        if not seen:  # after the first round trip: partial results are on disk
+            meta = json.loads((tmp_path / "res" / "meta.json").read_text())
+            seen.append(meta["complete"])
+            proc = grokjax("plot", "res", cwd=tmp_path)
+            seen.append((proc.returncode, proc.stdout))
+
+    gj.run_sweep(gj.load_sweep(tmp_path / "phases.toml"), out=tmp_path / "res", progress=on_round,
+                 write_every_s=0)
+    assert seen[0] is False
+    assert seen[1][0] == 0 and "partial results" in seen[1][1]
+    assert json.loads((tmp_path / "res" / "meta.json").read_text())["complete"] is True
