@@ -25,15 +25,28 @@ FORMATS = ("png", "svg", "pdf")
 
 
 def default_axes(grid) -> tuple[str, str] | None:
-    """The two axes a phase diagram shows: data_fraction x weight_decay when both vary, else the
-    first two grid axes with more than one value (seeds are aggregated)."""
+    """The two axes a phase diagram shows: data_fraction x weight_decay when both vary, else
+    data_fraction (when it varies) against the first other varying axis, else the first two
+    varying axes. Seeds are always aggregated."""
     varying = [k for k, v in grid if k != "seed" and len(v) > 1]
-    if "data_fraction" in varying and "weight_decay" in varying:
-        return "data_fraction", "weight_decay"
+    if "data_fraction" in varying:
+        others = [k for k in varying if k != "data_fraction"]
+        y = "weight_decay" if "weight_decay" in others else (others[0] if others else None)
+        return ("data_fraction", y) if y else None
     return tuple(varying[:2]) if len(varying) >= 2 else None
 
 
+def _is_numeric(values) -> bool:
+    return all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in values)
+
+
+def _fmt(value) -> str:
+    return f"{value:g}" if _is_numeric([value]) else str(value)
+
+
 def _spans_decades(values) -> bool:
+    if not _is_numeric(values):
+        return False
     values = np.asarray(values, float)
     return bool(len(values) > 2 and values.min() > 0 and values.max() / values.min() >= 10)
 
@@ -53,15 +66,18 @@ def _cell_axes(ax, cells: pd.DataFrame, x: str, y: str):
     """Set up a heatmap axes; returns (xs, ys, x_edges, y_edges)."""
     xs, ys = sorted(cells[x].unique()), sorted(cells[y].unique())
     xlog, ylog = _spans_decades(xs), _spans_decades(ys)
-    xe, ye = _edges(xs, xlog), _edges(ys, ylog)
+    # categorical axes (a task name, an activation) sit at positions 0, 1, ...
+    xpos = xs if _is_numeric(xs) else list(range(len(xs)))
+    ypos = ys if _is_numeric(ys) else list(range(len(ys)))
+    xe, ye = _edges(xpos, xlog), _edges(ypos, ylog)
     if xlog:
         ax.set_xscale("log")
     if ylog:
         ax.set_yscale("log")
     ax.set_xlim(xe[0], xe[-1])
     ax.set_ylim(ye[0], ye[-1])
-    ax.set_xticks(xs, [f"{v:g}" for v in xs])
-    ax.set_yticks(ys, [f"{v:g}" for v in ys])
+    ax.set_xticks(xpos, [_fmt(v) for v in xs])
+    ax.set_yticks(ypos, [_fmt(v) for v in ys])
     ax.minorticks_off()
     ax.set_xlabel(x.replace("_", " "))
     ax.set_ylabel(y.replace("_", " "))
@@ -150,7 +166,7 @@ def phase_diagram(runs: pd.DataFrame, path, x: str = "data_fraction", y: str = "
     for ax, (value, sub) in zip(axes, facets):
         mesh = draw_metric_map(ax, sub, x, y, metric) or mesh
         if facet:
-            ax.set_title(f"{facet} = {value:g}", fontsize=9)
+            ax.set_title(f"{facet} = {_fmt(value)}", fontsize=9)
     if mesh is not None:
         fig.colorbar(mesh, ax=list(axes), label=f"median {METRIC_LABELS[metric]}")
     fig.suptitle(title or f"median {METRIC_LABELS[metric]} (over seeds and other axes)", fontsize=10)
@@ -167,7 +183,7 @@ def phase_map(runs: pd.DataFrame, path, x: str = "data_fraction", y: str = "weig
         for h in draw_phase_map(ax, sub, x, y):
             handles[h.get_label()] = h
         if facet:
-            ax.set_title(f"{facet} = {value:g}", fontsize=9)
+            ax.set_title(f"{facet} = {_fmt(value)}", fontsize=9)
     fig.legend(handles=list(handles.values()), loc="outside right center", fontsize=8, frameon=False)
     fig.suptitle(title or "majority phase per cell (share of runs agreeing)", fontsize=10)
     return _save(fig, Path(path))
@@ -207,7 +223,7 @@ def learning_curves(runs: pd.DataFrame, curves: pd.DataFrame, path, x: str = "da
         ax.set_xlabel("step")
         ax.set_ylabel("accuracy")
         norm_ax.set_ylabel("parameter norm", color="0.4")
-        ax.set_title(f"{phase}: {x}={xv:g}, {y}={yv:g} ({len(ids)} runs)", fontsize=8.5)
+        ax.set_title(f"{phase}: {x}={_fmt(xv)}, {y}={_fmt(yv)} ({len(ids)} runs)", fontsize=8.5)
     if cells:
         handles, labels = axes[0].get_legend_handles_labels()
         handles.append(plt.Line2D([], [], ls=":", color="0.3", lw=1.5))
@@ -232,7 +248,8 @@ def critical_fraction_plot(runs: pd.DataFrame, path, by: str = "weight_decay", t
     if _spans_decades(table[by]):
         ax.set_xscale("log")
         ax.minorticks_off()
-    ax.set_xticks(table[by], [f"{v:g}" for v in table[by]])
+    if _is_numeric(table[by]):
+        ax.set_xticks(table[by], [_fmt(v) for v in table[by]])
     ax.set_xlabel(by.replace("_", " "))
     ax.set_ylabel("data fraction")
     ax.set_ylim(0, 1)

@@ -101,15 +101,20 @@ SECTIONS: dict[str, type] = {
 }
 TOP_LEVEL_KEYS = ("name", "description", "grid", *SECTIONS)
 
-# Every setting by its short name (short names are unique across sections).
+# Every setting by its short name (short names are unique across sections); the task's name is
+# "task", so that it too can be a grid axis (``task.name = ["add", "div"]``).
 FIELDS: dict[str, tuple[str, dataclasses.Field]] = {
-    f.name: (section, f) for section, cls in SECTIONS.items() for f in dataclasses.fields(cls) if f.name != "name"
+    (f.name if f.name != "name" else "task"): (section, f)
+    for section, cls in SECTIONS.items() for f in dataclasses.fields(cls) if f.name != "name" or section == "task"
 }
 PER_RUN_FIELDS: tuple[str, ...] = tuple(k for k, (_, f) in FIELDS.items() if f.metadata["per_run"])
-# Settings a grid may sweep: per-run arrays, plus numeric shape settings (each value its own group).
-AXIS_FIELDS: tuple[str, ...] = tuple(
-    k for k, (s, f) in FIELDS.items() if s != "events" and f.type in ("int", "float")
-)
+# Settings a grid may sweep: per-run arrays, plus shape settings (each value its own group).
+AXIS_FIELDS: tuple[str, ...] = tuple(k for k, (s, f) in FIELDS.items() if s != "events")
+
+
+def _axis_key(key: str) -> str:
+    """``optimizer.weight_decay`` -> ``weight_decay``; ``task.name`` -> ``task``."""
+    return "task" if key in ("task", "task.name") else key.split(".", 1)[-1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,14 +129,15 @@ class SweepConfig:
     grid: tuple[tuple[str, tuple], ...] = ()  # ((setting, values), ...) in file order
 
     def get(self, key: str):
-        section, _ = FIELDS[key]
-        return getattr(getattr(self, section), key)
+        section, f = FIELDS[key]
+        return getattr(getattr(self, section), f.name)
 
     def replace(self, **values) -> "SweepConfig":
         """A copy with settings replaced by short name: ``cfg.replace(lr=1e-2, steps=100)``."""
         by_section: dict[str, dict] = {}
         for key, value in values.items():
-            by_section.setdefault(FIELDS[key][0], {})[key] = value
+            section, f = FIELDS[key]
+            by_section.setdefault(section, {})[f.name] = value
         return dataclasses.replace(
             self, **{s: dataclasses.replace(getattr(self, s), **kv) for s, kv in by_section.items()}
         )
@@ -150,7 +156,7 @@ class SweepConfig:
     def static_key(self) -> tuple:
         """Everything that is not a per-run array: runs with equal keys share one program."""
         return tuple((k, self.get(k)) for k in FIELDS if k not in PER_RUN_FIELDS) + (
-            ("task.name", self.task.name), ("model.name", self.model.name), ("optimizer.name", self.optimizer.name))
+            ("model.name", self.model.name), ("optimizer.name", self.optimizer.name))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,8 +203,8 @@ def sweep_from_dict(raw: dict[str, Any]) -> SweepConfig:
     if not isinstance(grid_raw, dict):
         raise SweepError(f"[grid] must be a table of setting = [values], got {grid_raw!r}")
     grid = []
-    for key, values in grid_raw.items():
-        short = key.split(".", 1)[1] if "." in key else key
+    for key, values in _flatten(grid_raw):
+        short = _axis_key(key)
         if short not in AXIS_FIELDS or ("." in key and key.split(".", 1)[0] != FIELDS[short][0]):
             allowed = sorted(AXIS_FIELDS)
             raise SweepError(f"unknown grid axis '{key}'{_suggest(short, allowed)}; grid axes: {', '.join(allowed)}")
@@ -216,6 +222,15 @@ def sweep_from_dict(raw: dict[str, Any]) -> SweepConfig:
     config = SweepConfig(name=name, description=description, grid=tuple(grid), **sections)
     _check_consistency(config, raw)
     return config
+
+
+def _flatten(table: dict, prefix: str = ""):
+    """TOML turns ``optimizer.lr = [...]`` into a nested table; walk it back to dotted keys."""
+    for key, value in table.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 def _field_of(cls, key) -> dataclasses.Field:

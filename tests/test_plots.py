@@ -81,3 +81,11 @@ def test_default_axes():
     assert default_axes(grid) == ("data_fraction", "weight_decay")
     assert default_axes((("seed", (0, 1)), ("lr", (1, 2)), ("init_scale", (1, 2)))) == ("lr", "init_scale")
     assert default_axes((("seed", (0, 1)), ("lr", (1, 2)))) is None
+
+
+def test_categorical_axis(tmp_path):
+    runs = synthetic_runs()
+    runs["task"] = np.where(runs.weight_decay == 1.0, "add", "div")
+    assert default_axes((("task", ("add", "div")), ("data_fraction", (0.3, 0.5)))) == ("data_fraction", "task")
+    paths = plot_results(runs, synthetic_curves(runs), tmp_path, "data_fraction", "task")
+    assert len(paths) == 4

@@ -113,3 +113,23 @@ def test_syntax_error_and_missing_file(tmp_path):
         load_sweep(path)
     with pytest.raises(SweepError, match="not found"):
         load_sweep(tmp_path / "missing.toml")
+
+
+def test_dotted_grid_keys_and_non_numeric_axes(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('[task]\np = 13\n[grid]\noptimizer.lr = [1e-3, 1e-2]\ntask.name = ["add", "div"]\n'
+                    'model.activation = ["relu", "gelu"]\n')
+    config = load_sweep(path)
+    assert dict(config.grid) == {"lr": (1e-3, 1e-2), "task": ("add", "div"), "activation": ("relu", "gelu")}
+    runs = config.runs()
+    assert len(runs) == 8 and {r.task.name for r in runs} == {"add", "div"}
+    assert len({r.static_key() for r in runs}) == 4  # lr is per run; task x activation are groups
+
+
+def test_task_axis_is_checked_per_value():
+    with pytest.raises(SweepError, match="task 'div' needs a prime p"):
+        sweep_from_dict({"task": {"p": 12}, "grid": {"task": {"name": ["add", "div"]}}})
+    with pytest.raises(SweepError, match="grid.task"):
+        sweep_from_dict({"grid": {"task.name": ["add", "plus"]}})
+    with pytest.raises(SweepError, match="unknown grid axis 'model.name'"):
+        sweep_from_dict({"grid": {"model": {"name": ["mlp"]}}})
