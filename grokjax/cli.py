@@ -38,11 +38,8 @@ def _run(args) -> int:
           f"{meta['run_steps_per_s']:,.0f} run-steps/s): {phases}", file=sys.stderr)
     print(f"grokjax: results in {out}/ (runs.parquet, curves.parquet, meta.json)", file=sys.stderr)
     axes = default_axes(config.grid)
-    if axes:
-        figures = plot_results(runs, results.curves, out / "figures", *axes, name=config.name)
-        print(f"grokjax: figures in {out / 'figures'}/ ({', '.join(f.name for f in figures)})", file=sys.stderr)
-    else:
-        print("grokjax: no phase diagram: the grid has fewer than two axes besides seed", file=sys.stderr)
+    figures = plot_results(runs, results.curves, out / "figures", *(axes or (None, None)), name=config.name)
+    print(f"grokjax: figures in {out / 'figures'}/ ({', '.join(f.name for f in figures)})", file=sys.stderr)
     if not args.quiet:
         axes = axes or (next((k for k, v in config.grid if k != "seed" and len(v) > 1), "data_fraction"), None)
         print(_summary(runs, *axes))
@@ -70,8 +67,9 @@ def _summary(runs, x: str, y: str | None) -> str:
     return table.to_string(index=False)
 
 
-def _axes_of(path: Path, runs) -> tuple[str, str | None]:
-    """Default axes of a results folder: from its sweep.toml's grid, else from the columns that vary."""
+def _axes_of(path: Path, runs) -> tuple[str | None, str | None]:
+    """Default axes of a results folder: from its sweep.toml's grid, else from the columns that
+    vary; (None, None) for a sweep over seeds only."""
     from grokjax.plots import default_axes
     from grokjax.sweep import AXIS_FIELDS, SweepError, load_sweep
 
@@ -80,10 +78,7 @@ def _axes_of(path: Path, runs) -> tuple[str, str | None]:
     except SweepError:
         varying = tuple((k, tuple(runs[k].unique())) for k in AXIS_FIELDS if k in runs and runs[k].nunique() > 1)
         axes = default_axes(varying)
-    if axes:
-        return axes
-    varying = [k for k in ("data_fraction", "weight_decay", "lr") if k in runs and runs[k].nunique() > 1]
-    return (varying[0] if varying else "data_fraction"), None
+    return axes or (None, None)
 
 
 def _load(path: str):
@@ -106,8 +101,8 @@ def _plot(args) -> int:
     path, results = _load(args.dir)
     x, y = _axes_of(path, results.runs)
     x, y = args.x or x, args.y or y
-    if y is None:
-        return _fail("the results vary along fewer than two axes; name them with --x and --y")
+    if (x is None) != (y is None):
+        return _fail("name both axes: --x AXIS --y AXIS (or neither, for learning curves only)")
     out = Path(args.out) if args.out else path / "figures"
     try:
         figures = plot_results(results.runs, results.curves, out, x, y, args.metric, args.facet, args.format,
@@ -122,7 +117,7 @@ def _plot(args) -> int:
 def _summary_command(args) -> int:
     path, results = _load(args.dir)
     x, y = _axes_of(path, results.runs)
-    x, y = args.x or x, args.y or y
+    x, y = args.x or x or "seed", args.y or y
     for axis in (x, y):
         if axis and axis not in results.runs:
             return _fail(f"axis '{axis}' is not a column of runs.parquet")

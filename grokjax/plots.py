@@ -44,11 +44,21 @@ def _fmt(value) -> str:
     return f"{value:g}" if _is_numeric([value]) else str(value)
 
 
-def _spans_decades(values) -> bool:
+def _spans_decades(values, include_zero: bool = False) -> bool:
+    """A log axis suits values > 0 over a decade or more (``include_zero``: ignore a 0)."""
     if not _is_numeric(values):
         return False
     values = np.asarray(values, float)
+    if include_zero:
+        values = values[values != 0]
     return bool(len(values) > 2 and values.min() > 0 and values.max() / values.min() >= 10)
+
+
+def _positions(values) -> list:
+    """Where cells sit along an axis: at their values, or at 0, 1, ... for names (a task) and for
+    grids like weight decay [0, 0.1, 1, 10] whose 0 rules out a log axis."""
+    categorical = not _is_numeric(values) or (0 in values and _spans_decades(values, include_zero=True))
+    return list(range(len(values))) if categorical else list(values)
 
 
 def _edges(values, log: bool) -> np.ndarray:
@@ -66,9 +76,7 @@ def _cell_axes(ax, cells: pd.DataFrame, x: str, y: str):
     """Set up a heatmap axes; returns (xs, ys, x_edges, y_edges)."""
     xs, ys = sorted(cells[x].unique()), sorted(cells[y].unique())
     xlog, ylog = _spans_decades(xs), _spans_decades(ys)
-    # categorical axes (a task name, an activation) sit at positions 0, 1, ...
-    xpos = xs if _is_numeric(xs) else list(range(len(xs)))
-    ypos = ys if _is_numeric(ys) else list(range(len(ys)))
+    xpos, ypos = _positions(xs), _positions(ys)
     xe, ye = _edges(xpos, xlog), _edges(ypos, ylog)
     if xlog:
         ax.set_xscale("log")
@@ -189,25 +197,32 @@ def phase_map(runs: pd.DataFrame, path, x: str = "data_fraction", y: str = "weig
     return _save(fig, Path(path))
 
 
-def representative_cells(runs: pd.DataFrame, x: str, y: str) -> dict[str, tuple]:
-    """For each phase present: the (y, x) cell where that phase holds the largest share."""
-    shares = phase_shares(runs, x, y)
+def representative_cells(runs: pd.DataFrame, x: str | None, y: str | None) -> dict[str, tuple[str, pd.Series]]:
+    """For each phase present: a title and the run ids of the (y, x) cell where that phase holds
+    the largest share; without axes, all runs of that phase."""
     out = {}
+    if x is None or y is None:
+        for phase in PHASES:
+            ids = runs.loc[runs["phase"] == phase, "run_id"]
+            if len(ids):
+                out[phase] = (f"{phase} ({len(ids)} runs)", ids)
+        return out
+    shares = phase_shares(runs, x, y)
     for phase in PHASES:
         if phase in shares and shares[phase].max() > 0:
             best = shares.loc[shares[phase].idxmax()]
-            out[phase] = (best[y], best[x])
+            ids = runs.loc[(runs[x] == best[x]) & (runs[y] == best[y]), "run_id"]
+            out[phase] = (f"{phase}: {x}={_fmt(best[x])}, {y}={_fmt(best[y])} ({len(ids)} runs)", ids)
     return out
 
 
-def learning_curves(runs: pd.DataFrame, curves: pd.DataFrame, path, x: str = "data_fraction",
-                    y: str = "weight_decay", title: str | None = None) -> Path:
+def learning_curves(runs: pd.DataFrame, curves: pd.DataFrame, path, x: str | None = "data_fraction",
+                    y: str | None = "weight_decay", title: str | None = None) -> Path:
     """One panel per phase, for its most typical cell: train (dashed) and test (solid) accuracy
     against step, each run thin and the median over runs bold; parameter norm on a twin axis."""
     cells = representative_cells(runs, x, y)
     fig, axes = _subplots(max(len(cells), 1), 3.4, 3.0)
-    for ax, (phase, (yv, xv)) in zip(axes, cells.items()):
-        ids = runs[(runs[x] == xv) & (runs[y] == yv)]["run_id"]
+    for ax, (label, ids) in zip(axes, cells.values()):
         sub = curves[curves["run_id"].isin(ids)]
         norm_ax = ax.twinx()
         for _, c in sub.groupby("run_id"):
@@ -223,7 +238,7 @@ def learning_curves(runs: pd.DataFrame, curves: pd.DataFrame, path, x: str = "da
         ax.set_xlabel("step")
         ax.set_ylabel("accuracy")
         norm_ax.set_ylabel("parameter norm", color="0.4")
-        ax.set_title(f"{phase}: {x}={_fmt(xv)}, {y}={_fmt(yv)} ({len(ids)} runs)", fontsize=8.5)
+        ax.set_title(label, fontsize=8.5)
     if cells:
         handles, labels = axes[0].get_legend_handles_labels()
         handles.append(plt.Line2D([], [], ls=":", color="0.3", lw=1.5))
@@ -258,16 +273,20 @@ def critical_fraction_plot(runs: pd.DataFrame, path, by: str = "weight_decay", t
     return _save(fig, Path(path))
 
 
-def plot_results(runs: pd.DataFrame, curves: pd.DataFrame, out_dir, x: str, y: str, metric: str = "grok_step",
-                 facet: str | None = None, fmt: str = "png", name: str = "") -> list[Path]:
-    """Every figure for a results table into ``out_dir``; returns the paths written."""
+def plot_results(runs: pd.DataFrame, curves: pd.DataFrame, out_dir, x: str | None, y: str | None,
+                 metric: str = "grok_step", facet: str | None = None, fmt: str = "png", name: str = "") -> list[Path]:
+    """Every figure for a results table into ``out_dir``; returns the paths written. Without two
+    axes (a sweep over seeds only) just the learning curves, one panel per phase."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     for axis in (x, y):
-        if axis not in runs:
+        if axis is not None and axis not in runs:
             raise ValueError(f"axis '{axis}' is not a column of runs.parquet")
     out_dir = Path(out_dir)
     prefix = f"{name}: " if name else ""
+    if x is None or y is None:
+        return [learning_curves(runs, curves, out_dir / f"learning_curves.{fmt}", None, None,
+                                f"{prefix}learning curves per phase")]
     paths = [
         phase_diagram(runs, out_dir / f"phase_diagram.{fmt}", x, y, metric, facet,
                       f"{prefix}median {METRIC_LABELS[metric]}"),

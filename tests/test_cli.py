@@ -146,3 +146,12 @@ def test_a_running_sweep_can_be_plotted(tmp_path):
     assert seen[0] is False
     assert seen[1][0] == 0 and "partial results" in seen[1][1]
     assert json.loads((tmp_path / "res" / "meta.json").read_text())["complete"] is True
+
+
+def test_seed_only_sweep_gets_learning_curves(tmp_path):
+    (tmp_path / "seeds.toml").write_text(QUICK.replace("data_fraction = [0.3, 0.6]\n", ""))
+    proc = grokjax("run", "seeds.toml", "--out", "res", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert [p.name for p in (tmp_path / "res" / "figures").iterdir()] == ["learning_curves.png"]
+    proc = grokjax("summary", "res", cwd=tmp_path)
+    assert proc.returncode == 0 and "seed" in proc.stdout.splitlines()[1]
