@@ -18,20 +18,44 @@ EXIT_BAD_INPUT = 2
 
 def _run(args) -> int:
     from grokjax.plots import default_axes, plot_results
-    from grokjax.run import run_sweep
+    from grokjax.run import Interrupted, enable_compilation_cache, run_sweep
     from grokjax.sweep import SweepError, load_sweep
 
     try:
         config = load_sweep(args.file)
     except SweepError as e:
         return _fail(str(e))
+    for flag, value, low in (("--devices", args.devices, 1), ("--max-runs-per-chunk", args.max_runs_per_chunk, 1),
+                             ("--checkpoint-every", args.checkpoint_every, 0)):
+        if value is not None and value < low:
+            return _fail(f"{flag} must be >= {low}, got {value}")
+    if args.coordinator or args.distributed:
+        import jax
+
+        # one process per host; JAX reads SLURM and its own environment variables for the rest
+        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    if not args.no_cache:
+        enable_compilation_cache(args.cache_dir)
     out = Path(args.out) if args.out else Path("results") / config.name
     if out.exists() and not out.is_dir():
         return _fail(f"--out {out} exists and is not a folder")
     n_runs = len(config.runs())
     axes = ", ".join(f"{k} x{len(v)}" for k, v in config.grid) or "no grid axes"
     print(f"grokjax: sweep '{config.name}': {n_runs} runs ({axes}), writing to {out}", file=sys.stderr)
-    results = run_sweep(config, out=out, progress=not args.quiet, sweep_text=Path(args.file).read_text())
+    try:
+        results = run_sweep(config, out=out, progress=not args.quiet, sweep_text=Path(args.file).read_text(),
+                            devices=args.devices, max_runs_per_chunk=args.max_runs_per_chunk,
+                            checkpoint_every=args.checkpoint_every, resume=args.resume)
+    except SweepError as e:
+        return _fail(str(e))
+    except Interrupted as e:
+        print(f"\ngrokjax: stopped by signal {e.signum}; checkpoint in {e.checkpoint}. Continue with: "
+              f"grokjax run {args.file} --out {out} --resume", file=sys.stderr)
+        return 128 + e.signum
+    import jax
+
+    if jax.process_index() != 0:
+        return 0  # process 0 reports and writes for every host
     meta, runs = results.meta, results.runs
     phases = ", ".join(f"{n} {phase}" for phase, n in meta["phases"].items())
     print(f"grokjax: {n_runs} runs in {meta['wall_time_s']:.1f} s (compile {meta['compile_time_s']:.1f} s, "
@@ -160,6 +184,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("file", help="sweep file (TOML)")
     run.add_argument("--out", help="results folder (default: results/<sweep name>)")
     run.add_argument("--quiet", action="store_true", help="no progress line or summary")
+    run.add_argument("--devices", type=int, help="devices sharing the run axis (default: all local devices)")
+    run.add_argument("--max-runs-per-chunk", type=int, help="cap on runs trained at once (default: what fits)")
+    run.add_argument("--checkpoint-every", type=int, default=50, metavar="EVALS",
+                     help="evaluations between checkpoints in DIR/checkpoints (default 50; 0: none)")
+    run.add_argument("--resume", action="store_true", help="continue a stopped sweep from its newest checkpoint")
+    run.add_argument("--distributed", action="store_true",
+                     help="one process per host under jax.distributed (addresses from SLURM or JAX's variables)")
+    run.add_argument("--coordinator", metavar="HOST:PORT", help="multi-host: the coordinator's address")
+    run.add_argument("--num-processes", type=int, help="multi-host: number of processes")
+    run.add_argument("--process-id", type=int, help="multi-host: this process's id (0 writes the results)")
+    run.add_argument("--cache-dir", help="persistent compilation cache (default: ~/.cache/grokjax/jax)")
+    run.add_argument("--no-cache", action="store_true", help="compile without the persistent cache")
     run.set_defaults(func=_run)
     plot = sub.add_parser("plot", help="figures of a results folder (finished or still running)")
     plot.add_argument("dir", help="results folder")

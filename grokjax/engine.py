@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from typing import Any, Callable
 
@@ -20,12 +21,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from grokjax.metrics import Events, cross_entropy, evaluate, update_events
 from grokjax.models import build_model, init_params
 from grokjax.optim import make_optimizer
 from grokjax.sweep import PER_RUN_FIELDS, SweepConfig
 from grokjax.tasks import Task, make_task
+
+RUN_AXIS = "runs"
 
 # Independent random streams of a run, all derived from its seed alone.
 _SPLIT, _INIT, _BATCH = 0, 1, 2
@@ -70,7 +75,9 @@ class Program:
     @classmethod
     def build(cls, config: SweepConfig) -> "Program":
         task = make_task(config.task.name, config.task.p)
-        return cls(config, task, build_model(config.model, task.n_symbols, task.n_symbols))
+        if config.train.precision == "float64" and not jax.config.jax_enable_x64:
+            jax.config.update("jax_enable_x64", True)  # float64 arrays need JAX's 64-bit mode
+        return cls(config, task, build_model(config.model, task.n_symbols, task.n_symbols, config.train.precision))
 
     def apply(self, params, tokens):
         return self.model.apply({"params": params}, tokens)
@@ -112,8 +119,10 @@ class Program:
             diverged_step=jnp.where(diverged, state.step + 1, state.events.diverged_step)))
 
     def is_active(self, state: RunState) -> jax.Array:
+        """Still training: within its budget, not diverged, and (when stopping early) not done."""
         e = state.events
-        return ~e.done & ~e.diverged & (state.step < self.config.train.steps)
+        active = ~e.diverged & (state.step < self.config.train.steps)
+        return active & ~e.done if self.config.events.stop_early else active
 
     def train_period(self, state: RunState, hp: dict, n_evals: int):
         """``n_evals`` times: ``eval_every`` steps, then an evaluation on the full table.
@@ -143,26 +152,36 @@ def map_runs(fn: Callable, xs, n_runs: int, runs_per_batch: int):
     return jax.lax.map(lambda x: fn(*x), xs, batch_size=runs_per_batch)
 
 
-def make_grid_period(program: Program, n_runs: int, runs_per_batch: int, n_evals: int):
+def _over_runs(fn: Callable, n_runs: int, runs_per_batch: int, mesh: Mesh | None):
+    """``fn`` of one run mapped over ``n_runs``: each device of ``mesh`` takes its own slice of
+    the run axis (shard_map) and maps over it ``runs_per_batch`` at a time."""
+    n_local = n_runs // (mesh.size if mesh is not None else 1)
+
+    def local(*xs):
+        return map_runs(fn, xs, n_local, min(runs_per_batch, n_local))
+
+    if mesh is None:
+        return local
+    return jax.shard_map(local, mesh=mesh, in_specs=P(RUN_AXIS), out_specs=P(RUN_AXIS))
+
+
+def make_grid_period(program: Program, n_runs: int, runs_per_batch: int, n_evals: int, mesh: Mesh | None = None):
     """The jitted grid step: ``(states, hp) -> (states, metrics [R, n_evals])``, states donated."""
-
-    def grid_period(states, hp):
-        return map_runs(lambda s, h: program.train_period(s, h, n_evals), (states, hp), n_runs, runs_per_batch)
-
-    return jax.jit(grid_period, donate_argnums=0)
+    body = _over_runs(lambda s, h: program.train_period(s, h, n_evals), n_runs, runs_per_batch, mesh)
+    return jax.jit(body, donate_argnums=0)
 
 
-def make_grid_init(program: Program, n_runs: int, runs_per_batch: int):
-    return jax.jit(lambda hp: map_runs(program.init_run, (hp,), n_runs, runs_per_batch))
+def make_grid_init(program: Program, n_runs: int, runs_per_batch: int, mesh: Mesh | None = None):
+    return jax.jit(_over_runs(program.init_run, n_runs, runs_per_batch, mesh))
 
 
-def hp_arrays(runs: list[SweepConfig]) -> dict[str, jax.Array]:
+def hp_arrays(runs: list[SweepConfig]) -> dict[str, np.ndarray]:
     """The per-run settings of a group as arrays [R] (float32, seeds and step counts int32)."""
     out = {}
     for key in PER_RUN_FIELDS:
         values = [r.get(key) for r in runs]
         dtype = np.int32 if isinstance(values[0], int) else np.float32
-        out[key] = jnp.asarray(np.array(values, dtype=dtype))
+        out[key] = np.array(values, dtype=dtype)
     return out
 
 
@@ -190,52 +209,214 @@ def evals_per_call(n_evals: int, target: int = 25) -> int:
     return min(d for d in range(want, n_evals + 1) if n_evals % d == 0)
 
 
+def put_runs(x: np.ndarray, sharding: NamedSharding | None) -> jax.Array:
+    """A host array (the same on every process) onto the devices, its run axis sharded."""
+    if sharding is None:
+        return jax.device_put(x)
+    # from a callback, so that each process places only the shards of its own devices
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def to_host(tree):
+    """Device arrays -> numpy, gathering the shards of every process of a multi-host run."""
+    if jax.process_count() == 1:
+        return jax.tree.map(np.asarray, jax.device_get(tree))
+    from jax.experimental import multihost_utils
+
+    return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+
+
+def bytes_per_run(program: Program, runs_per_batch: int) -> tuple[int, int]:
+    """Estimated device bytes of one run's state (parameters, optimizer state, events) and of one
+    vmapped batch's step (activations kept for the backward pass, per run)."""
+    shapes = jax.eval_shape(program.init_run, {k: jax.ShapeDtypeStruct((), v.dtype)
+                                               for k, v in hp_arrays([program.config]).items()})
+    state = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
+    cfg, task = program.config, program.task
+    rows = cfg.train.batch_size or task.size
+    m = cfg.model
+    per_row = (2 * m.width * m.depth + task.n_symbols) if m.name == "mlp" else \
+        (3 * (4 * m.d_model + m.d_mlp) * m.n_layers + task.n_symbols)
+    # full-table evaluation and the train mask live beside the step's activations
+    activations = 4 * (rows * per_row * 3 + task.size * (task.n_symbols + 2))
+    return int(state), int(activations) * runs_per_batch
+
+
+def device_memory_bytes(device: jax.Device | None = None) -> int:
+    """Memory of one device: an accelerator's own, or the host's physical memory for a CPU."""
+    device = device or jax.local_devices()[0]
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def chunk_width(program: Program, n_runs: int, runs_per_batch: int, n_devices: int = 1,
+                max_runs: int | None = None, memory_fraction: float = 0.5) -> int:
+    """How many runs a group trains at once (its working set): as many as fit ``memory_fraction``
+    of one device's memory per device share, capped by ``max_runs``, a multiple of the devices."""
+    state, step = bytes_per_run(program, runs_per_batch)
+    budget = memory_fraction * device_memory_bytes() - step
+    fit = max(1, int(budget // max(state, 1))) * n_devices
+    width = min(n_runs, fit, max_runs or n_runs)
+    return max(n_devices, -(-width // n_devices) * n_devices)
+
+
+def bucket_sizes(width: int, n_devices: int) -> list[int]:
+    """Working-set sizes a group shrinks through as its runs finish: width, width/4, width/16,
+    ... (multiples of the device count), so finished runs stop costing compute after a few
+    recompilations at most."""
+    sizes = [width]
+    while sizes[-1] // 4 >= n_devices and sizes[-1] > n_devices:
+        sizes.append(-(-(sizes[-1] // 4) // n_devices) * n_devices)
+    return sizes
+
+
+def abstract_states(program: Program, n_runs: int, width: int, mesh: Mesh | None = None):
+    """Shapes, dtypes and shardings of a working set of ``width`` runs (a checkpoint's target)."""
+    k = choose_runs_per_batch(program.config, n_runs)
+    hp = hp_arrays([program.config] * width)
+    shapes = jax.eval_shape(make_grid_init(program, width, k, mesh), hp)
+    sharding = NamedSharding(mesh, P(RUN_AXIS)) if mesh is not None else \
+        jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
+
+
 @dataclasses.dataclass
 class Round:
-    """What one host round trip brings back from a group."""
+    """What one host round trip brings back from a group (real runs only, no padding)."""
 
-    run_ids: np.ndarray  # [R] global run ids
-    metrics: dict[str, np.ndarray]  # [R, evals]: CURVE_METRICS, step, recorded
-    events: dict[str, np.ndarray]  # [R]: Events fields after this round
-    step: int  # steps the group has been trained for
-    run_steps: int  # steps trained so far, summed over runs
-    seconds: float  # training time so far
+    run_ids: np.ndarray  # [r] global run ids
+    metrics: dict[str, np.ndarray]  # [r, evals]: CURVE_METRICS, step, recorded
+    events: dict[str, np.ndarray]  # [r]: Events fields after this round
+    step: int  # the furthest step any run of the group has reached
+    run_steps: int  # steps trained so far in this group, summed over runs
+    seconds: float  # training time of the group so far
+    evals: int  # evaluations per run in this round
+
+
+@dataclasses.dataclass
+class GroupState:
+    """Everything needed to continue a group: the working set and the queue of runs."""
+
+    states: RunState  # [width] on device
+    slots: np.ndarray  # [width] index into the group's runs, -1 for padding
+    next_run: int  # runs[next_run:] have not started
+    run_steps: int = 0
+    base_width: int = 0  # the group's first width: the buckets it shrinks through derive from it
 
 
 @dataclasses.dataclass
 class GroupStats:
     runs_per_batch: int
+    widths: list[int]  # working-set sizes used, in order (chunking and repacking)
+    devices: int
     compile_time_s: float
     train_time_s: float
-    run_steps: int
+    run_steps: int  # steps actually trained, summed over runs
+    slot_steps: int  # steps computed, padding and frozen runs included
+
+
+class Stop(Exception):
+    """Raised by an ``on_round`` callback to stop a group after the round it was given."""
 
 
 def train_group(program: Program, runs: list[SweepConfig], run_ids: list[int],
-                on_round: Callable[[Round], None]) -> GroupStats:
-    """Train every run of one group (same static config) with one compiled program. The host
-    only hands each round's metrics to ``on_round`` and stops once every run is done or diverged."""
+                on_round: Callable[[Round, GroupState], None], *, mesh: Mesh | None = None,
+                max_runs_per_chunk: int | None = None, resume: GroupState | None = None) -> GroupStats:
+    """Train every run of one group (same static config) in a working set of ``width`` slots.
+
+    A finished run's slot takes the next run of the queue; once the queue is empty and few runs
+    are left, the survivors are repacked into a smaller bucket. Runs are independent, so neither
+    changes any result. The host only places runs, hands each round to ``on_round`` (which may
+    checkpoint the ``GroupState`` or raise ``Stop``) and stops when every run is finished.
+    """
     cfg = program.config
-    n_runs = len(runs)
-    k = choose_runs_per_batch(cfg, n_runs)
+    n_dev = mesh.size if mesh is not None else 1
+    k = choose_runs_per_batch(cfg, len(runs))
+    width = chunk_width(program, len(runs), k, n_dev, max_runs_per_chunk)
     n_evals = cfg.train.steps // cfg.train.eval_every
     per_call = evals_per_call(n_evals)
-    hp = hp_arrays(runs)
+    round_steps = per_call * cfg.train.eval_every
+    hp_all = hp_arrays(runs)
+    sharding = NamedSharding(mesh, P(RUN_AXIS)) if mesh is not None else None
+    compiled: dict[int, tuple] = {}
+    compile_time = 0.0
 
-    t0 = time.perf_counter()
-    states = make_grid_init(program, n_runs, k)(hp)
-    period = make_grid_period(program, n_runs, k, per_call).lower(states, hp).compile()
-    compile_time = time.perf_counter() - t0
+    def programs(w: int):
+        nonlocal compile_time
+        if w not in compiled:
+            t0 = time.perf_counter()
+            init = make_grid_init(program, w, k, mesh)
+            hp = place(slot_hp(np.full(w, -1)))
+            # lower against placed arrays, so the program expects the shardings it will get
+            period = make_grid_period(program, w, k, per_call, mesh).lower(init(hp), hp).compile()
+            compiled[w] = (init, period)
+            compile_time += time.perf_counter() - t0
+        return compiled[w]
 
-    run_steps = 0
+    def place(tree):
+        return jax.tree.map(lambda x: put_runs(np.asarray(x), sharding), tree)
+
+    def slot_hp(slots: np.ndarray) -> dict[str, np.ndarray]:
+        # padding slots repeat run 0's settings; they start with a spent budget and never train
+        return {key: value[np.maximum(slots, 0)] for key, value in hp_all.items()}
+
+    def start(states, slots: np.ndarray, fresh: np.ndarray):
+        """Initialize the slots marked ``fresh`` (new runs or padding), keep the others."""
+        init, _ = programs(len(slots))
+        new = init(place(slot_hp(slots)))
+        new = new.replace(step=jnp.where(place(slots < 0), cfg.train.steps, new.step))
+        if states is None:
+            return new
+        mask = place(fresh)
+        return jax.tree.map(lambda n, o: jnp.where(mask.reshape((-1,) + (1,) * (n.ndim - 1)), n, o), new, states)
+
+    if resume is None:
+        slots = np.arange(width)
+        slots = np.where(slots < len(runs), slots, -1)
+        gs = GroupState(start(None, slots, np.ones(width, bool)), slots, int(min(width, len(runs))), 0, width)
+    else:
+        gs = resume
+    widths = [len(gs.slots)]
+    base = gs.base_width or len(gs.slots)
+    slot_steps = 0
     t0 = time.perf_counter()
-    for call in range(n_evals // per_call):
-        before = int(np.asarray(states.step).sum())
-        states, metrics = period(states, hp)
-        metrics, events = jax.device_get((metrics, states.events))
-        run_steps += int(np.asarray(states.step).sum()) - before
+    while True:
+        _, period = programs(len(gs.slots))
+        hp = place(slot_hp(gs.slots))
+        before = to_host(gs.states.step)
+        states, metrics = period(gs.states, hp)
+        metrics, events, step = to_host((metrics, states.events, states.step))
+        real = gs.slots >= 0
+        gs.run_steps += int((step - before)[real].sum())
+        slot_steps += len(gs.slots) * round_steps
         events = {f.name: np.asarray(getattr(events, f.name)) for f in dataclasses.fields(events)}
-        on_round(Round(np.asarray(run_ids), metrics, events, (call + 1) * per_call * cfg.train.eval_every,
-                       run_steps, time.perf_counter() - t0))
-        if cfg.events.stop_early and (events["done"] | events["diverged"]).all():
-            break
-    return GroupStats(k, compile_time, time.perf_counter() - t0, run_steps)
+        finished = (step >= cfg.train.steps) | events["diverged"] | (events["done"] & cfg.events.stop_early)
+        gs.states = states
+        # refill finished slots from the queue, or repack the survivors into a smaller bucket
+        free = np.nonzero(finished | ~real)[0]
+        n_new = min(len(free), len(runs) - gs.next_run)
+        round_ = Round(np.asarray(run_ids)[gs.slots[real]], {key: v[real] for key, v in metrics.items()},
+                       {key: v[real] for key, v in events.items()}, int(step[real].max(initial=0)),
+                       gs.run_steps, time.perf_counter() - t0, per_call)
+        if n_new:
+            slots = gs.slots.copy()
+            fresh = np.zeros(len(slots), bool)
+            slots[free[:n_new]] = np.arange(gs.next_run, gs.next_run + n_new)
+            fresh[free[:n_new]] = True
+            gs = GroupState(start(gs.states, slots, fresh), slots, gs.next_run + n_new, gs.run_steps, base)
+        else:
+            alive = np.nonzero(real & ~finished)[0]
+            if len(alive) == 0:
+                on_round(round_, gs)
+                break
+            smaller = [b for b in bucket_sizes(base, n_dev) if b >= len(alive)][-1]
+            if smaller < len(gs.slots):
+                keep = np.concatenate([alive, np.nonzero(~real | finished)[0]])[:smaller]
+                slots = np.where(np.isin(np.arange(len(gs.slots)), alive), gs.slots, -1)[keep]
+                moved = jax.tree.map(lambda x: x[keep], to_host(gs.states))
+                gs = GroupState(place(moved), slots, gs.next_run, gs.run_steps, base)
+                widths.append(smaller)
+        on_round(round_, gs)
+    return GroupStats(k, widths, n_dev, compile_time, time.perf_counter() - t0, gs.run_steps, slot_steps)

@@ -10,8 +10,9 @@ less work than its textbook form for the same function (DESIGN.md):
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -41,21 +42,23 @@ class MLP(nn.Module):
     width: int = 512
     depth: int = 1
     activation: str = "relu"
+    dtype: Any = jnp.float32  # computation (bfloat16: matmuls in bf16, parameters stay param_dtype)
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, tokens: jax.Array) -> jax.Array:
         act = ACTIVATIONS[self.activation]
-        embed = self.param("embed", _normal(1.0), (self.n_symbols, self.embed_dim))
+        dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+        embed = self.param("embed", _normal(1.0), (self.n_symbols, self.embed_dim), self.param_dtype)
         # Same init as a Dense layer over the concatenated embeddings (fan_in = 2 * embed_dim).
-        w1 = self.param(
-            "hidden_0_kernel", _normal(1.0 / math.sqrt(2 * self.embed_dim)), (2, self.embed_dim, self.width)
-        )
-        b1 = self.param("hidden_0_bias", nn.initializers.zeros, (self.width,))
-        tables = jnp.einsum("ve,oew->ovw", embed, w1)  # [2, vocab, width]
-        h = act(tables[0][tokens[:, 0]] + tables[1][tokens[:, 1]] + b1)
+        w1 = self.param("hidden_0_kernel", _normal(1.0 / math.sqrt(2 * self.embed_dim)),
+                        (2, self.embed_dim, self.width), self.param_dtype)
+        b1 = self.param("hidden_0_bias", nn.initializers.zeros, (self.width,), self.param_dtype)
+        tables = jnp.einsum("ve,oew->ovw", embed.astype(self.dtype), w1.astype(self.dtype))  # [2, vocab, width]
+        h = act(tables[0][tokens[:, 0]] + tables[1][tokens[:, 1]] + b1.astype(self.dtype))
         for i in range(1, self.depth):
-            h = act(nn.Dense(self.width, name=f"hidden_{i}")(h))
-        return nn.Dense(self.n_classes, name="readout")(h)
+            h = act(dense(self.width, name=f"hidden_{i}")(h))
+        return dense(self.n_classes, name="readout")(h)
 
 
 class Transformer(nn.Module):
@@ -75,6 +78,8 @@ class Transformer(nn.Module):
     d_mlp: int = 512
     layer_norm: bool = False
     activation: str = "relu"
+    dtype: Any = jnp.float32  # computation (bfloat16: matmuls in bf16, parameters stay param_dtype)
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, tokens: jax.Array) -> jax.Array:
@@ -83,21 +88,27 @@ class Transformer(nn.Module):
             raise ValueError(f"model.d_model ({d}) must be a multiple of model.n_heads ({h})")
         dh = d // h
         act = ACTIVATIONS[self.activation]
+        dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+
+        def param(name, std, shape):
+            return self.param(name, _normal(std), shape, self.param_dtype).astype(self.dtype)
+
         eq = jnp.full((tokens.shape[0], 1), self.n_symbols, tokens.dtype)
         seq = jnp.concatenate([tokens, eq], axis=1)  # [B, 3]
-        embed = self.param("embed", _normal(1.0 / math.sqrt(d)), (self.n_symbols + 1, d))
-        pos = self.param("pos_embed", _normal(1.0 / math.sqrt(d)), (seq.shape[1], d))
+        embed = param("embed", 1.0 / math.sqrt(d), (self.n_symbols + 1, d))
+        pos = param("pos_embed", 1.0 / math.sqrt(d), (seq.shape[1], d))
         x = embed[seq] + pos  # [B, T, d]
-        norm = (lambda name: nn.LayerNorm(name=name)) if self.layer_norm else (lambda name: (lambda v: v))
+        norm = (lambda name: nn.LayerNorm(name=name, dtype=self.dtype, param_dtype=self.param_dtype)) \
+            if self.layer_norm else (lambda name: (lambda v: v))
         T = seq.shape[1]
         causal = jnp.tril(jnp.ones((T, T), bool))
         for layer in range(self.n_layers):
             last = layer == self.n_layers - 1
-            init = _normal(1.0 / math.sqrt(d))
-            wq = self.param(f"layer_{layer}_wq", init, (d, h, dh))
-            wk = self.param(f"layer_{layer}_wk", init, (d, h, dh))
-            wv = self.param(f"layer_{layer}_wv", init, (d, h, dh))
-            wo = self.param(f"layer_{layer}_wo", init, (h, dh, d))
+            std = 1.0 / math.sqrt(d)
+            wq = param(f"layer_{layer}_wq", std, (d, h, dh))
+            wk = param(f"layer_{layer}_wk", std, (d, h, dh))
+            wv = param(f"layer_{layer}_wv", std, (d, h, dh))
+            wo = param(f"layer_{layer}_wo", std, (h, dh, d))
             a = norm(f"layer_{layer}_ln_attn")(x)
             k = jnp.einsum("btd,dhk->bthk", a, wk)
             v = jnp.einsum("btd,dhk->bthk", a, wv)
@@ -106,25 +117,29 @@ class Transformer(nn.Module):
             scores = jnp.einsum("bshk,bthk->bhst", q, k) / math.sqrt(dh)
             if not last:
                 scores = jnp.where(causal, scores, -1e30)
-            attn = jax.nn.softmax(scores, axis=-1)
+            attn = jax.nn.softmax(scores.astype(jnp.promote_types(scores.dtype, jnp.float32)), -1).astype(v.dtype)
             z = jnp.einsum("bhst,bthk->bshk", attn, v)
             x = (x[:, -1:] if last else x) + jnp.einsum("bshk,hkd->bsd", z, wo)
             m = norm(f"layer_{layer}_ln_mlp")(x)
-            m = nn.Dense(self.d_mlp, name=f"layer_{layer}_mlp_in")(m)
-            x = x + nn.Dense(d, name=f"layer_{layer}_mlp_out")(act(m))
+            m = dense(self.d_mlp, name=f"layer_{layer}_mlp_in")(m)
+            x = x + dense(d, name=f"layer_{layer}_mlp_out")(act(m))
         x = norm("ln_final")(x[:, -1])
-        unembed = self.param("unembed", _normal(1.0 / math.sqrt(d)), (d, self.n_symbols + 1))
-        return x @ unembed
+        return x @ param("unembed", 1.0 / math.sqrt(d), (d, self.n_symbols + 1))
 
 
-def build_model(cfg, n_symbols: int, n_classes: int) -> nn.Module:
+# train.precision -> (computation dtype, parameter dtype); the loss is always at least float32
+PRECISIONS = {"float32": (jnp.float32, jnp.float32), "bfloat16": (jnp.bfloat16, jnp.float32),
+              "float64": (jnp.float64, jnp.float64)}
+
+
+def build_model(cfg, n_symbols: int, n_classes: int, precision: str = "float32") -> nn.Module:
     """The module for a ``ModelConfig`` (sweep.py) and a task's vocabulary."""
+    dtype, param_dtype = PRECISIONS[precision]
     if cfg.name == "mlp":
-        return MLP(n_symbols, n_classes, cfg.embed_dim, cfg.width, cfg.depth, cfg.activation)
+        return MLP(n_symbols, n_classes, cfg.embed_dim, cfg.width, cfg.depth, cfg.activation, dtype, param_dtype)
     if cfg.name == "transformer":
-        return Transformer(
-            n_symbols, cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.d_mlp, cfg.layer_norm, cfg.activation
-        )
+        return Transformer(n_symbols, cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.d_mlp, cfg.layer_norm,
+                           cfg.activation, dtype, param_dtype)
     raise ValueError(f"unknown model '{cfg.name}'; known models: {', '.join(MODEL_NAMES)}")
 
 

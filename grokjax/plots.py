@@ -223,7 +223,7 @@ def learning_curves(runs: pd.DataFrame, curves: pd.DataFrame, path, x: str | Non
     cells = representative_cells(runs, x, y)
     fig, axes = _subplots(max(len(cells), 1), 3.4, 3.0)
     for ax, (label, ids) in zip(axes, cells.values()):
-        sub = curves[curves["run_id"].isin(ids)]
+        sub = curves[curves["run_id"].isin(ids) & (curves["step"] > 0)]  # log x: a run diverged at step 0 has none
         norm_ax = ax.twinx()
         for _, c in sub.groupby("run_id"):
             ax.plot(c["step"], c["train_acc"], "--", color="C1", lw=0.6, alpha=0.5)
@@ -233,7 +233,8 @@ def learning_curves(runs: pd.DataFrame, curves: pd.DataFrame, path, x: str | Non
         ax.plot(med.index, med["train_acc"], "--", color="C1", lw=2, label="train acc")
         ax.plot(med.index, med["test_acc"], "-", color="C0", lw=2, label="test acc")
         norm_ax.plot(med.index, med["param_norm"], ":", color="0.3", lw=1.5, label="param norm")
-        ax.set_xscale("log")
+        if len(sub):
+            ax.set_xscale("log")
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("step")
         ax.set_ylabel("accuracy")
@@ -260,7 +261,7 @@ def critical_fraction_plot(runs: pd.DataFrame, path, by: str = "weight_decay", t
     top = runs["data_fraction"].max()
     if (~ok).any():
         ax.plot(table.loc[~ok, by], [top] * int((~ok).sum()), "v", color="C3", label=f"none up to {top:g}")
-    if _spans_decades(table[by]):
+    if _spans_decades(table[by]) and ok.any():
         ax.set_xscale("log")
         ax.minorticks_off()
     if _is_numeric(table[by]):

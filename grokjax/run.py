@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
-import functools
 import importlib.metadata
 import os
 import platform
+import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 import pandas as pd
 
-from grokjax.engine import Program, Round, train_group
+from grokjax.checkpoint import SweepCheckpointer, config_fingerprint
+from grokjax.engine import RUN_AXIS, GroupState, Program, Round, Stop, abstract_states, train_group
 from grokjax.results import Results, curves_table, runs_table, write_results
-from grokjax.sweep import SweepConfig
+from grokjax.sweep import SweepConfig, SweepError
 
 _PACKAGES = ("grokjax", "jax", "jaxlib", "flax", "optax", "numpy", "pandas", "pyarrow")
 
@@ -31,6 +36,32 @@ def package_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "grokjax" / "jax"
+
+
+def enable_compilation_cache(path: str | Path | None = None) -> Path:
+    """Keep compiled programs on disk (default: ~/.cache/grokjax/jax), so the second launch of a
+    sweep with the same shapes loads its program instead of compiling it."""
+    path = Path(path) if path is not None else default_cache_dir()
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    return path
+
+
+def make_mesh(devices: int | None = None) -> Mesh | None:
+    """A one-axis mesh over the first ``devices`` devices (default: all); None for one device."""
+    available = jax.devices()
+    n = len(available) if devices is None else devices
+    if jax.process_count() > 1 and n != len(available):
+        raise SweepError("--devices cannot select devices in a multi-host run: it uses every device of every host")
+    if not 1 <= n <= len(available):
+        raise SweepError(f"--devices must be between 1 and {len(available)} (the devices JAX sees), got {n}")
+    return None if n == 1 else Mesh(np.array(available[:n]), (RUN_AXIS,))
 
 
 def group_runs(runs: list[SweepConfig]) -> list[list[int]]:
@@ -91,6 +122,23 @@ class Recorder:
         if self.out is not None and time.perf_counter() - self.last_write > self.write_every_s:
             self.write(dict(complete=False))
 
+    def host_arrays(self) -> dict[str, np.ndarray]:
+        """Curves and events so far as flat arrays (a checkpoint's host item)."""
+        curves = curves_table(self.curve_parts)
+        out = {f"curve/{c}": curves[c].to_numpy() for c in curves.columns}
+        ids = sorted(self.events)
+        out["events/run_id"] = np.array(ids, dtype=np.int64)
+        for key in (self.events[ids[0]] if ids else {}):
+            out[f"events/{key}"] = np.array([self.events[i][key] for i in ids])
+        return out
+
+    def load(self, host: dict[str, np.ndarray]) -> None:
+        curves = {k.split("/", 1)[1]: v for k, v in host.items() if k.startswith("curve/")}
+        self.curve_parts = [curves] if len(curves.get("run_id", ())) else []
+        fields = [k.split("/", 1)[1] for k in host if k.startswith("events/") and k != "events/run_id"]
+        self.events = {int(r): {f: host[f"events/{f}"][i] for f in fields}
+                       for i, r in enumerate(host.get("events/run_id", []))}
+
     def tables(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         curves = curves_table(self.curve_parts)
         ids = sorted(self.events)
@@ -106,13 +154,27 @@ class Recorder:
         return table, curves
 
 
+class Interrupted(Exception):
+    """A sweep stopped by SIGINT/SIGTERM after saving a checkpoint."""
+
+    def __init__(self, signum: int, checkpoint: Path | None):
+        self.signum, self.checkpoint = signum, checkpoint
+        super().__init__(f"stopped by signal {signum}")
+
+
 def run_sweep(config: SweepConfig, out: str | Path | None = None, progress: bool | Callable = True,
-              sweep_text: str | None = None, write_every_s: float = 30.0) -> Results:
+              sweep_text: str | None = None, write_every_s: float = 30.0, devices: int | None = None,
+              max_runs_per_chunk: int | None = None, checkpoint_every: int = 0, resume: bool = False) -> Results:
     """Train every run of ``config``; with ``out``, write the results folder there (part-way
     results every ``write_every_s``, flagged ``complete: false`` in meta.json, then the final ones).
 
     ``progress``: True for a status line on stderr, False for none, or a callable receiving a
     dict (step, runs, memorized, grokked, diverged, done, run_steps, seconds) after each round trip.
+    ``devices``: how many of the local devices share the run axis (default all);
+    ``max_runs_per_chunk``: cap on the runs trained at once (default: what fits in memory);
+    ``checkpoint_every``: evaluations between checkpoints in ``out/checkpoints`` (0: none); a
+    checkpointed sweep also saves one and raises ``Interrupted`` on SIGINT or SIGTERM;
+    ``resume``: continue from the newest readable checkpoint (refused if the settings changed).
     """
     started = datetime.datetime.now(datetime.timezone.utc)
     t_start = time.perf_counter()
@@ -124,24 +186,82 @@ def run_sweep(config: SweepConfig, out: str | Path | None = None, progress: bool
         reporter = lambda info, group: progress(info)  # noqa: E731
     else:
         reporter = None
-    recorder = Recorder(config, runs, Path(out) if out is not None else None, sweep_text, write_every_s)
+    primary = jax.process_index() == 0  # in a multi-host run, process 0 reports and writes
+    out = Path(out) if out is not None else None
+    recorder = Recorder(config, runs, out if primary else None, sweep_text, write_every_s)
+    if not primary:
+        reporter = None
+    mesh = make_mesh(devices)
+    programs = {}
 
-    group_meta = []
-    for g, run_ids in enumerate(groups):
-        def on_round(round_: Round, g=g) -> None:
+    def program_of(g: int) -> Program:
+        if g not in programs:
+            programs[g] = Program.build(runs[groups[g][0]])
+        return programs[g]
+
+    if out is not None and primary and not resume and (out / "checkpoints").exists():
+        shutil.rmtree(out / "checkpoints")  # a fresh start: the old sweep's checkpoints no longer apply
+    checkpointer = SweepCheckpointer(out / "checkpoints") if out is not None and checkpoint_every > 0 else None
+    if resume and checkpointer is None:
+        raise SweepError("--resume needs a results folder with checkpoints (--out DIR and --checkpoint-every N > 0)")
+    restored = None
+    if resume:
+        checkpointer.check_config(config)
+        restored = checkpointer.restore(lambda meta: abstract_states(
+            program_of(meta["group"]), len(groups[meta["group"]]), meta["width"], mesh))
+    group_meta: list[dict] = restored.meta["group_meta"] if restored else []
+    first_group = restored.meta["group"] if restored else 0
+    if restored:
+        recorder.load(restored.host)
+    saves = max(checkpointer.steps(), default=-1) + 1 if checkpointer is not None else 0
+    stop_signal: list[int] = []
+    evals_since_save = 0
+
+    def save(g: int, state: GroupState) -> None:
+        nonlocal saves, evals_since_save
+        checkpointer.save(saves, state.states, {**recorder.host_arrays(), "slots": state.slots},
+                          dict(group=g, width=len(state.slots), next_run=state.next_run, run_steps=state.run_steps,
+                               base_width=state.base_width, group_meta=group_meta,
+                               config=config_fingerprint(config)))
+        saves += 1
+        evals_since_save = 0
+
+    for g in range(first_group, len(groups)):
+        run_ids = groups[g]
+
+        def on_round(round_: Round, state: GroupState, g=g) -> None:
+            nonlocal evals_since_save
             recorder.record(round_)
             if reporter:
                 ev = round_.events
-                reporter(dict(step=round_.step, runs=len(round_.run_ids),
-                              memorized=int((ev["memorize_step"] >= 0).sum()),
+                reporter(dict(step=round_.step, runs=len(run_ids), memorized=int((ev["memorize_step"] >= 0).sum()),
                               grokked=int((ev["grok_step"] >= 0).sum()), diverged=int(ev["diverged"].sum()),
                               done=int((ev["done"] | ev["diverged"]).sum()), run_steps=round_.run_steps,
                               seconds=round_.seconds), group=g)
+            if checkpointer is None:
+                return
+            evals_since_save += round_.evals
+            if stop_signal or evals_since_save >= checkpoint_every:
+                save(g, state)
+            if stop_signal:
+                raise Stop
 
-        stats = train_group(Program.build(runs[run_ids[0]]), [runs[i] for i in run_ids], run_ids, on_round)
-        group_meta.append(dict(runs=len(run_ids), runs_per_batch=stats.runs_per_batch,
-                               compile_time_s=round(stats.compile_time_s, 3),
-                               train_time_s=round(stats.train_time_s, 3), run_steps=stats.run_steps))
+        resume_state = None
+        if restored and g == first_group:
+            h = restored.host
+            resume_state = GroupState(restored.state, h["slots"], restored.meta["next_run"],
+                                      restored.meta["run_steps"], restored.meta["base_width"])
+        with _stop_on_signals(stop_signal, enabled=checkpointer is not None):
+            try:
+                stats = train_group(program_of(g), [runs[i] for i in run_ids], run_ids, on_round, mesh=mesh,
+                                    max_runs_per_chunk=max_runs_per_chunk, resume=resume_state)
+            except Stop:
+                recorder.write(dict(complete=False))
+                raise Interrupted(stop_signal[0], checkpointer.directory) from None
+        group_meta.append(dict(runs=len(run_ids), runs_per_batch=stats.runs_per_batch, widths=stats.widths,
+                               devices=stats.devices, compile_time_s=round(stats.compile_time_s, 3),
+                               train_time_s=round(stats.train_time_s, 3), run_steps=stats.run_steps,
+                               slot_steps=stats.slot_steps))
 
     table, curves = recorder.tables()
     train_time = sum(g["train_time_s"] for g in group_meta)
@@ -149,6 +269,7 @@ def run_sweep(config: SweepConfig, out: str | Path | None = None, progress: bool
     meta = dict(
         name=config.name,
         complete=True,
+        resumed_from_checkpoint=restored.step if restored else None,
         started_at=started.isoformat(timespec="seconds"),
         runs=len(runs),
         groups=group_meta,
@@ -158,14 +279,32 @@ def run_sweep(config: SweepConfig, out: str | Path | None = None, progress: bool
         run_steps=run_steps,
         run_steps_per_s=round(run_steps / max(train_time, 1e-9), 1),
         phases=table["phase"].value_counts().to_dict(),
+        compilation_cache=jax.config.jax_compilation_cache_dir,
         backend=jax.default_backend(),
-        devices=[str(d) for d in jax.devices()],
+        devices=[str(d) for d in (mesh.devices.flat if mesh is not None else jax.devices()[:1])],
+        processes=jax.process_count(),
         host=dict(machine=platform.machine(), processor=platform.processor(), cpus=_cpu_count()),
         versions=package_versions(),
     )
-    if out is not None:
-        write_results(Path(out), table, curves, meta, sweep_text)
+    if out is not None and primary:
+        write_results(out, table, curves, meta, sweep_text)
     return Results(table, curves, meta)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(flag: list, enabled: bool):
+    """While training, SIGINT and SIGTERM ask for a checkpoint and a clean stop after the round."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda signum, frame: flag.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _cpu_count() -> int:

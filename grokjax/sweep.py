@@ -80,6 +80,8 @@ class TrainConfig:
     batch_size: int = _field(0, "0: full batch; else examples drawn per step from the run's train split", ge=0)
     seed: int = _field(0, "seeds the run's split, init and batches", ge=0, per_run=True)
     runs_per_batch: int = _field(0, "runs vmapped together inside the program; 0: chosen for the device", ge=0)
+    precision: str = _field("float32", "float32; bfloat16 matmuls (parameters and loss stay float32); "
+                                       "float64 everywhere", choices=("float32", "bfloat16", "float64"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """End to end through the console entry point, in a subprocess as a user runs it."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -28,8 +29,9 @@ data_fraction = [0.3, 0.6]
 
 
 def grokjax(*args, cwd):
+    env = {**os.environ, "XDG_CACHE_HOME": str(cwd / ".cache")}  # keep the compilation cache in tmp
     return subprocess.run([sys.executable, "-m", "grokjax", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env=env)
 
 
 def test_run_writes_the_results_folder(tmp_path):
@@ -155,3 +157,18 @@ def test_seed_only_sweep_gets_learning_curves(tmp_path):
     assert [p.name for p in (tmp_path / "res" / "figures").iterdir()] == ["learning_curves.png"]
     proc = grokjax("summary", "res", cwd=tmp_path)
     assert proc.returncode == 0 and "seed" in proc.stdout.splitlines()[1]
+
+
+def test_second_launch_uses_the_compilation_cache(tmp_path):
+    (tmp_path / "tiny.toml").write_text(QUICK)
+    times = []
+    for out in ("a", "b"):
+        proc = grokjax("run", "tiny.toml", "--out", out, "--cache-dir", "cache", "--quiet", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        meta = json.loads((tmp_path / out / "meta.json").read_text())
+        assert meta["compilation_cache"].endswith("cache")
+        times.append(meta["compile_time_s"])
+    assert any((tmp_path / "cache").iterdir())
+    # results do not depend on whether the program came from the cache
+    a, b = (pd.read_parquet(tmp_path / o / "curves.parquet") for o in ("a", "b"))
+    pd.testing.assert_frame_equal(a, b)

@@ -142,3 +142,94 @@ def test_evals_per_call_divides(n, expected):
 def test_program_uses_the_task_table(sweep):
     program = Program.build(sweep(task=dict(name="div", p=13)))
     assert program.task.size == 13 * 12
+
+
+# --- chunking, repacking, sharding -------------------------------------------------------------
+
+
+def test_chunked_and_repacked_grid_equals_one_chunk(sweep):
+    config = sweep(task=dict(p=23), train=dict(steps=300, eval_every=10, runs_per_batch=2),
+                   events=dict(patience=2), grid=dict(data_fraction=[0.9, 0.3], seed=[0, 1, 2, 3]))
+    whole = grokjax.run_sweep(config, progress=False)
+    chunked = grokjax.run_sweep(config, progress=False, max_runs_per_chunk=3)
+    assert whole.meta["groups"][0]["widths"][0] == 8 and chunked.meta["groups"][0]["widths"][0] == 3
+    pd.testing.assert_frame_equal(whole.runs, chunked.runs, rtol=1e-4, atol=1e-5)
+    pd.testing.assert_frame_equal(whole.curves, chunked.curves, rtol=1e-4, atol=1e-5)
+
+
+def test_repacking_saves_compute_when_most_runs_finish_early(sweep):
+    # 7 runs grok fast at 90 % data; one at 30 % without decay keeps training for the whole budget
+    config = sweep(task=dict(p=23), train=dict(steps=900, eval_every=10), events=dict(patience=2),
+                   grid=dict(data_fraction=[0.9, 0.3], weight_decay=[1.0, 0.0], seed=[0, 1]))
+    results = grokjax.run_sweep(config, progress=False)
+    group = results.meta["groups"][0]
+    assert group["widths"][0] == 8 and group["widths"][-1] < 8
+    no_repack_steps = 8 * 900
+    assert group["slot_steps"] < 0.6 * no_repack_steps
+    slow = results.runs.query("data_fraction == 0.3 and weight_decay == 0.0")
+    assert (slow.final_step == 900).all()
+
+
+SHARDED = """
+import sys, grokjax
+sys.path.insert(0, {tests!r})
+from conftest import make_sweep
+config = make_sweep(train=dict(steps=40, eval_every=10), grid=dict(lr=[1e-2, 1e20], seed=[0, 1, 2, 3, 4]))
+import jax
+assert len(jax.devices()) == 8, jax.devices()
+r = grokjax.run_sweep(config, progress=False, devices={devices}, max_runs_per_chunk={chunk})
+r.runs.to_parquet({out!r} + "/runs.parquet"); r.curves.to_parquet({out!r} + "/curves.parquet")
+print(r.meta["groups"][0]["widths"], r.meta["groups"][0]["devices"])
+"""
+
+
+@pytest.mark.parametrize("devices, chunk", [(8, "None"), (4, 4)])
+def test_sharded_grid_equals_one_device(tmp_path, sweep, devices, chunk):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config = sweep(train=dict(steps=40, eval_every=10), grid=dict(lr=[1e-2, 1e20], seed=[0, 1, 2, 3, 4]))
+    single = grokjax.run_sweep(config, progress=False)
+    script = SHARDED.format(tests=str(Path(__file__).parent), out=str(tmp_path), devices=devices, chunk=chunk)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    widths, used = proc.stdout.split("] ")
+    assert int(used) == devices and all(int(w) % devices == 0 for w in widths.strip("[").split(","))
+    sharded_runs = pd.read_parquet(tmp_path / "runs.parquet")
+    assert len(sharded_runs) == 10  # padding never shows
+    pd.testing.assert_frame_equal(sharded_runs, single.runs, rtol=1e-4, atol=1e-5)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "curves.parquet"), single.curves, rtol=1e-4, atol=1e-5)
+    assert sharded_runs[sharded_runs.lr == 1e20].diverged.all() and not sharded_runs[sharded_runs.lr == 1e-2].diverged.any()
+
+
+FLOAT64 = """
+import sys, grokjax
+sys.path.insert(0, {tests!r})
+from conftest import make_sweep
+import jax
+r = grokjax.run_sweep(make_sweep(train=dict(steps=20, eval_every=10, precision="float64")), progress=False)
+from grokjax.engine import Program
+p = Program.build(make_sweep(train=dict(precision="float64")))
+state = p.init_run({{k: v[0] for k, v in __import__("grokjax.engine").engine.hp_arrays([p.config]).items()}})
+print(sorted({{str(w.dtype) for w in jax.tree.leaves(state.params)}}), r.runs.final_train_loss.iloc[0])
+"""
+
+
+def test_precision_options(tmp_path, sweep):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.run([sys.executable, "-c", FLOAT64.format(tests=str(Path(__file__).parent))],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    dtypes, loss64 = proc.stdout.rsplit(" ", 1)
+    assert dtypes == "['float64']"
+    f32 = grokjax.run_sweep(sweep(train=dict(steps=20, eval_every=10)), progress=False)
+    bf16 = grokjax.run_sweep(sweep(train=dict(steps=20, eval_every=10, precision="bfloat16")), progress=False)
+    assert abs(float(loss64) - f32.runs.final_train_loss.iloc[0]) < 1e-3
+    assert abs(bf16.runs.final_train_loss.iloc[0] - f32.runs.final_train_loss.iloc[0]) < 0.2
+    assert bf16.runs.final_train_loss.iloc[0] != f32.runs.final_train_loss.iloc[0]

@@ -106,3 +106,16 @@ def test_tiny_transformer_fits_its_training_set():
     params = train(params)
     correct = int((model.apply({"params": params}, inputs).argmax(-1) == labels).sum())
     assert correct == len(labels)
+
+
+@pytest.mark.parametrize("model", [MLP(13, 13, embed_dim=16, width=32),
+                                   Transformer(13, n_layers=2, d_model=16, n_heads=2, d_mlp=32, layer_norm=True)])
+def test_bfloat16_computes_in_bf16_with_float32_parameters(model):
+    tokens = jax.random.randint(jax.random.PRNGKey(3), (9, 2), 0, 13)
+    params = init_params(model, jax.random.PRNGKey(0), 1.0)
+    low = model.clone(dtype=jnp.bfloat16)
+    low_params = init_params(low, jax.random.PRNGKey(0), 1.0)
+    assert all(w.dtype == jnp.float32 for w in jax.tree.leaves(low_params))
+    logits = low.apply({"params": params}, tokens)
+    assert logits.dtype == jnp.bfloat16
+    np.testing.assert_allclose(logits.astype(np.float32), model.apply({"params": params}, tokens), atol=0.1)

@@ -133,3 +133,13 @@ def test_task_axis_is_checked_per_value():
         sweep_from_dict({"grid": {"task.name": ["add", "plus"]}})
     with pytest.raises(SweepError, match="unknown grid axis 'model.name'"):
         sweep_from_dict({"grid": {"model": {"name": ["mlp"]}}})
+
+
+def test_every_shipped_sweep_file_is_valid():
+    from pathlib import Path
+
+    files = sorted((Path(__file__).parent.parent / "sweeps").glob("*.toml"))
+    assert len(files) >= 8
+    for path in files:
+        config = load_sweep(path)
+        assert config.name == path.stem and config.runs()

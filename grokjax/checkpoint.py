@@ -1,0 +1,102 @@
+"""Orbax checkpoints of a running sweep: the working set of the group in progress (parameters,
+optimizer states, keys, steps, events), the host's curves and events so far, and where the
+queue stands. Saves are synchronous and atomic (orbax writes a temporary folder, then renames);
+the newest checkpoint that restores cleanly wins, so a truncated one falls back to its
+predecessor."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from grokjax.sweep import SweepConfig, SweepError
+
+ITEMS = ("state", "host", "meta")
+
+
+def config_fingerprint(config: SweepConfig) -> dict[str, Any]:
+    """The settings that decide results (not the name or description), flattened to dotted keys."""
+    raw = dataclasses.asdict(config)
+    raw.pop("name"), raw.pop("description")
+    raw["grid"] = {k: list(v) for k, v in config.grid}
+    flat = {}
+    for section, values in raw.items():
+        if isinstance(values, dict):
+            flat.update({f"{section}.{k}": v for k, v in values.items()})
+    return json.loads(json.dumps(flat))
+
+
+def describe_changes(saved: dict, current: dict) -> list[str]:
+    keys = sorted(set(saved) | set(current))
+    return [f"{k}: {saved.get(k, '(unset)')!r} -> {current.get(k, '(unset)')!r}"
+            for k in keys if saved.get(k) != current.get(k)]
+
+
+@dataclasses.dataclass
+class Restored:
+    step: int  # checkpoint number
+    meta: dict
+    host: dict  # numpy arrays: curve columns, event columns, slots
+    state: Any  # RunState pytree of the group in progress, placed like ``template``
+
+
+class SweepCheckpointer:
+    def __init__(self, directory: str | Path, max_to_keep: int = 3):
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=False,
+                                               create=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+
+    def save(self, step: int, state, host: dict[str, np.ndarray], meta: dict) -> None:
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), host=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(meta)),
+            force=True)
+        self.manager.wait_until_finished()
+
+    def steps(self) -> list[int]:
+        self.manager.reload()
+        return sorted(self.manager.all_steps(), reverse=True)
+
+    def restore_meta(self) -> tuple[int, dict] | None:
+        """The newest checkpoint whose metadata reads back, with its number."""
+        for step in self.steps():
+            try:
+                meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+                return step, dict(meta)
+            except Exception:  # noqa: BLE001 - a partial or corrupt checkpoint: try the previous one
+                continue
+        return None
+
+    def restore(self, template_for) -> Restored | None:
+        """The newest checkpoint that restores completely. ``template_for(meta)`` gives the
+        abstract state (shapes, dtypes, shardings) of the group in progress it describes."""
+        for step in self.steps():
+            try:
+                meta = dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+                template = template_for(meta)
+                items = self.manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(template), host=ocp.args.StandardRestore()))
+                host = {k: np.asarray(v) for k, v in items["host"].items()}
+                return Restored(step, meta, host, items["state"])
+            except Exception as e:  # noqa: BLE001 - fall back to the previous checkpoint
+                print(f"grokjax: checkpoint {step} is unreadable ({type(e).__name__}); trying the previous one",
+                      flush=True)
+                continue
+        return None
+
+    def check_config(self, config: SweepConfig) -> None:
+        """Refuse to resume a sweep whose settings changed since its checkpoint."""
+        found = self.restore_meta()
+        if found is None:
+            return
+        changes = describe_changes(found[1]["config"], config_fingerprint(config))
+        if changes:
+            raise SweepError("the sweep file changed since its checkpoint; refusing to resume. Changed: "
+                             + "; ".join(changes) + ". Use another --out folder, or restore the file.")
+

@@ -1,0 +1,137 @@
+"""Checkpoint and resume, end to end: a killed sweep continues to the same tables."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from grokjax.checkpoint import config_fingerprint, describe_changes
+from grokjax.sweep import sweep_from_dict
+
+SWEEP = """
+name = "ckpt"
+[task]
+name = "add"
+p = 23
+[model]
+name = "mlp"
+embed_dim = 32
+width = 64
+[optimizer]
+lr = 1e-2
+[train]
+steps = 600
+eval_every = 10
+[grid]
+lr = [1e-2, 1e20]
+data_fraction = [0.3, 0.8]
+seed = [0, 1, 2]
+"""
+ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+FLAGS = ["--devices", "2", "--max-runs-per-chunk", "6", "--checkpoint-every", "6", "--quiet", "--no-cache"]
+
+
+def grokjax_run(cwd, out, *extra):
+    return subprocess.Popen([sys.executable, "-m", "grokjax", "run", "ckpt.toml", "--out", out, *FLAGS, *extra],
+                            cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_checkpoints(folder: Path, n: int, proc, timeout=300):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        steps = [p for p in folder.glob("*") if p.name.isdigit()] if folder.exists() else []
+        if len(steps) >= n:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise TimeoutError
+
+
+def tables(folder: Path):
+    return pd.read_parquet(folder / "runs.parquet"), pd.read_parquet(folder / "curves.parquet")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("full")
+    (cwd / "ckpt.toml").write_text(SWEEP)
+    proc = grokjax_run(cwd, "full")
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    return tables(cwd / "full")
+
+
+def assert_same(folder: Path, expected):
+    runs, curves = tables(folder)
+    pd.testing.assert_frame_equal(runs, expected[0])
+    pd.testing.assert_frame_equal(curves, expected[1])
+    bad = runs[runs.lr == 1e20]
+    assert bad.diverged.all() and not runs[runs.lr == 1e-2].diverged.any()  # still isolated
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, uninterrupted):
+    (tmp_path / "ckpt.toml").write_text(SWEEP)
+    proc = grokjax_run(tmp_path, "res")
+    wait_for_checkpoints(tmp_path / "res" / "checkpoints", 2, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = grokjax_run(tmp_path, "res", "--resume")
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert_same(tmp_path / "res", uninterrupted)
+
+
+def test_sigint_saves_and_exits_then_resumes(tmp_path, uninterrupted):
+    (tmp_path / "ckpt.toml").write_text(SWEEP)
+    proc = grokjax_run(tmp_path, "res")
+    wait_for_checkpoints(tmp_path / "res" / "checkpoints", 1, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    if proc.returncode == 0:  # finished before the signal landed
+        pytest.skip("the sweep finished before SIGINT arrived")
+    assert proc.returncode == 130 and "--resume" in err and "Traceback" not in err
+    resumed = grokjax_run(tmp_path, "res", "--resume")
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert_same(tmp_path / "res", uninterrupted)
+
+
+def test_truncated_checkpoint_falls_back_to_the_previous(tmp_path, uninterrupted):
+    (tmp_path / "ckpt.toml").write_text(SWEEP)
+    proc = grokjax_run(tmp_path, "res")
+    wait_for_checkpoints(tmp_path / "res" / "checkpoints", 3, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    folder = tmp_path / "res" / "checkpoints"
+    latest = max((p for p in folder.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    for f in (latest / "state").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # a torn write
+    resumed = grokjax_run(tmp_path, "res", "--resume")
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert f"checkpoint {latest.name} is unreadable" in out + err
+    assert_same(tmp_path / "res", uninterrupted)
+
+
+def test_changed_sweep_file_is_refused(tmp_path):
+    (tmp_path / "ckpt.toml").write_text(SWEEP)
+    proc = grokjax_run(tmp_path, "res")
+    wait_for_checkpoints(tmp_path / "res" / "checkpoints", 1, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (tmp_path / "ckpt.toml").write_text(SWEEP.replace("steps = 600", "steps = 900"))
+    resumed = grokjax_run(tmp_path, "res", "--resume")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 2 and "train.steps: 600 -> 900" in err and "Traceback" not in err
+
+
+def test_describe_changes():
+    a = config_fingerprint(sweep_from_dict(dict(grid=dict(seed=[0, 1]))))
+    b = config_fingerprint(sweep_from_dict(dict(name="other", optimizer=dict(lr=0.1), grid=dict(seed=[0, 1, 2]))))
+    assert describe_changes(a, b) == ["grid.seed: [0, 1] -> [0, 1, 2]", "optimizer.lr: 0.001 -> 0.1"]
