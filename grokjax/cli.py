@@ -172,6 +172,17 @@ def _info(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from grokjax.bench import run_benchmarks
+
+    for flag, values in (("--runs", args.runs or []), ("--steps", [args.steps] if args.steps else [])):
+        if any(v < 1 for v in values):
+            return _fail(f"{flag} must be >= 1")
+    run_benchmarks(args.out, args.quick, args.workloads, args.runs, args.steps)
+    print(f"grokjax: bench.json, bench.md and bench.png in {args.out}")
+    return 0
+
+
 def _fail(message: str) -> int:
     print(f"grokjax: error: {message}", file=sys.stderr)
     return EXIT_BAD_INPUT
@@ -211,6 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--x", help="first axis (default as for plot)")
     summary.add_argument("--y", help="second axis (default as for plot)")
     summary.set_defaults(func=_summary_command)
+    bench = sub.add_parser("bench", help="throughput of the grid against per-run loops (JAX, PyTorch)")
+    bench.add_argument("--out", default=".", help="folder for bench.json, bench.md and bench.png (default: .)")
+    bench.add_argument("--quick", action="store_true", help="small sizes (minutes on a CPU)")
+    bench.add_argument("--workloads", nargs="+", choices=["W1", "W2", "W3", "W4"], help="default: all")
+    bench.add_argument("--runs", type=int, nargs="+", help="grid sizes (default: 1 16 64 256 1024; quick: 1 4 16)")
+    bench.add_argument("--steps", type=int, help="steps timed per run (default 50; quick: 10)")
+    bench.set_defaults(func=_bench)
     info = sub.add_parser("info", help="versions, devices, tasks and every sweep setting")
     info.set_defaults(func=_info)
     return parser

@@ -199,7 +199,8 @@ def choose_runs_per_batch(config: SweepConfig, n_runs: int, platform: str | None
     m = config.model
     width = m.width if m.name == "mlp" else 3 * max(m.d_mlp, m.d_model)
     bytes_per_run = rows * width * 4
-    return int(max(1, min(n_runs, (2 << 20) // max(bytes_per_run, 1))))
+    k = max(1, min(n_runs, (2 << 20) // max(bytes_per_run, 1)))
+    return 1 << (int(k).bit_length() - 1)  # a power of two: working sets round up to a multiple of it
 
 
 def evals_per_call(n_evals: int, target: int = 25) -> int:
@@ -254,21 +255,24 @@ def device_memory_bytes(device: jax.Device | None = None) -> int:
 def chunk_width(program: Program, n_runs: int, runs_per_batch: int, n_devices: int = 1,
                 max_runs: int | None = None, memory_fraction: float = 0.5) -> int:
     """How many runs a group trains at once (its working set): as many as fit ``memory_fraction``
-    of one device's memory per device share, capped by ``max_runs``, a multiple of the devices."""
+    of one device's memory per device share, capped by ``max_runs``, and a multiple of
+    ``runs_per_batch x n_devices``: every run then goes through the same vmap width, so its
+    numbers do not depend on how the grid was chunked."""
+    unit = runs_per_batch * n_devices
     state, step = bytes_per_run(program, runs_per_batch)
     budget = memory_fraction * device_memory_bytes() - step
     fit = max(1, int(budget // max(state, 1))) * n_devices
     width = min(n_runs, fit, max_runs or n_runs)
-    return max(n_devices, -(-width // n_devices) * n_devices)
+    return max(unit, -(-width // unit) * unit)
 
 
-def bucket_sizes(width: int, n_devices: int) -> list[int]:
+def bucket_sizes(width: int, unit: int) -> list[int]:
     """Working-set sizes a group shrinks through as its runs finish: width, width/4, width/16,
-    ... (multiples of the device count), so finished runs stop costing compute after a few
+    ... (multiples of ``unit``), so finished runs stop costing compute after a few
     recompilations at most."""
     sizes = [width]
-    while sizes[-1] // 4 >= n_devices and sizes[-1] > n_devices:
-        sizes.append(-(-(sizes[-1] // 4) // n_devices) * n_devices)
+    while sizes[-1] // 4 >= unit and sizes[-1] > unit:
+        sizes.append(-(-(sizes[-1] // 4) // unit) * unit)
     return sizes
 
 
@@ -323,12 +327,13 @@ class Stop(Exception):
 
 def train_group(program: Program, runs: list[SweepConfig], run_ids: list[int],
                 on_round: Callable[[Round, GroupState], None], *, mesh: Mesh | None = None,
-                max_runs_per_chunk: int | None = None, resume: GroupState | None = None) -> GroupStats:
+                max_runs_per_chunk: int | None = None, resume: GroupState | None = None,
+                repack: bool = True) -> GroupStats:
     """Train every run of one group (same static config) in a working set of ``width`` slots.
 
     A finished run's slot takes the next run of the queue; once the queue is empty and few runs
-    are left, the survivors are repacked into a smaller bucket. Runs are independent, so neither
-    changes any result. The host only places runs, hands each round to ``on_round`` (which may
+    are left, the survivors are repacked into a smaller bucket (``repack=False`` keeps the width,
+    for benchmarks). Runs are independent, so neither changes any result. The host only places runs, hands each round to ``on_round`` (which may
     checkpoint the ``GroupState`` or raise ``Stop``) and stops when every run is finished.
     """
     cfg = program.config
@@ -411,8 +416,8 @@ def train_group(program: Program, runs: list[SweepConfig], run_ids: list[int],
             if len(alive) == 0:
                 on_round(round_, gs)
                 break
-            smaller = [b for b in bucket_sizes(base, n_dev) if b >= len(alive)][-1]
-            if smaller < len(gs.slots):
+            smaller = [b for b in bucket_sizes(base, k * n_dev) if b >= len(alive)][-1]
+            if repack and smaller < len(gs.slots):
                 keep = np.concatenate([alive, np.nonzero(~real | finished)[0]])[:smaller]
                 slots = np.where(np.isin(np.arange(len(gs.slots)), alive), gs.slots, -1)[keep]
                 moved = jax.tree.map(lambda x: x[keep], to_host(gs.states))

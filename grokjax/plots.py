@@ -256,16 +256,17 @@ def critical_fraction_plot(runs: pd.DataFrame, path, by: str = "weight_decay", t
     ok = table["critical_fraction"].notna()
     low = (table["critical_fraction"] - table["low"]).where(ok, 0)
     high = (table["high"] - table["critical_fraction"]).where(table["high"].notna() & ok, 0)
-    ax.errorbar(table.loc[ok, by], table.loc[ok, "critical_fraction"], yerr=[low[ok], high[ok]], fmt="o-",
+    values = table[by].tolist()
+    pos = np.asarray(_positions(values), dtype=float)
+    ax.errorbar(pos[ok], table.loc[ok, "critical_fraction"], yerr=[low[ok], high[ok]], fmt="o-",
                 capsize=4, label="critical data fraction (95 % bootstrap)")
     top = runs["data_fraction"].max()
     if (~ok).any():
-        ax.plot(table.loc[~ok, by], [top] * int((~ok).sum()), "v", color="C3", label=f"none up to {top:g}")
-    if _spans_decades(table[by]) and ok.any():
+        ax.plot(pos[~ok], [top] * int((~ok).sum()), "v", color="C3", label=f"none up to {top:g}")
+    if _spans_decades(values) and list(pos) == values and ok.any():
         ax.set_xscale("log")
         ax.minorticks_off()
-    if _is_numeric(table[by]):
-        ax.set_xticks(table[by], [_fmt(v) for v in table[by]])
+    ax.set_xticks(pos, [_fmt(v) for v in values])
     ax.set_xlabel(by.replace("_", " "))
     ax.set_ylabel("data fraction")
     ax.set_ylim(0, 1)

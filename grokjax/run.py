@@ -164,7 +164,8 @@ class Interrupted(Exception):
 
 def run_sweep(config: SweepConfig, out: str | Path | None = None, progress: bool | Callable = True,
               sweep_text: str | None = None, write_every_s: float = 30.0, devices: int | None = None,
-              max_runs_per_chunk: int | None = None, checkpoint_every: int = 0, resume: bool = False) -> Results:
+              max_runs_per_chunk: int | None = None, checkpoint_every: int = 0, resume: bool = False,
+              repack: bool = True) -> Results:
     """Train every run of ``config``; with ``out``, write the results folder there (part-way
     results every ``write_every_s``, flagged ``complete: false`` in meta.json, then the final ones).
 
@@ -254,7 +255,7 @@ def run_sweep(config: SweepConfig, out: str | Path | None = None, progress: bool
         with _stop_on_signals(stop_signal, enabled=checkpointer is not None):
             try:
                 stats = train_group(program_of(g), [runs[i] for i in run_ids], run_ids, on_round, mesh=mesh,
-                                    max_runs_per_chunk=max_runs_per_chunk, resume=resume_state)
+                                    max_runs_per_chunk=max_runs_per_chunk, resume=resume_state, repack=repack)
             except Stop:
                 recorder.write(dict(complete=False))
                 raise Interrupted(stop_signal[0], checkpointer.directory) from None

@@ -52,6 +52,15 @@ def wait_for_checkpoints(folder: Path, n: int, proc, timeout=300):
     raise TimeoutError
 
 
+def killed_after(cwd: Path, n_checkpoints: int, sig=signal.SIGKILL):
+    """Start the sweep in cwd/res and send ``sig`` once it has saved ``n_checkpoints``."""
+    (cwd / "ckpt.toml").write_text(SWEEP)
+    proc = grokjax_run(cwd, "res")
+    wait_for_checkpoints(cwd / "res" / "checkpoints", n_checkpoints, proc)
+    proc.send_signal(sig)
+    return proc
+
+
 def tables(folder: Path):
     return pd.read_parquet(folder / "runs.parquet"), pd.read_parquet(folder / "curves.parquet")
 
@@ -75,11 +84,7 @@ def assert_same(folder: Path, expected):
 
 
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, uninterrupted):
-    (tmp_path / "ckpt.toml").write_text(SWEEP)
-    proc = grokjax_run(tmp_path, "res")
-    wait_for_checkpoints(tmp_path / "res" / "checkpoints", 2, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    killed_after(tmp_path, 2).wait()
     resumed = grokjax_run(tmp_path, "res", "--resume")
     _, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err
@@ -87,10 +92,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, uninterrupted):
 
 
 def test_sigint_saves_and_exits_then_resumes(tmp_path, uninterrupted):
-    (tmp_path / "ckpt.toml").write_text(SWEEP)
-    proc = grokjax_run(tmp_path, "res")
-    wait_for_checkpoints(tmp_path / "res" / "checkpoints", 1, proc)
-    proc.send_signal(signal.SIGINT)
+    proc = killed_after(tmp_path, 1, signal.SIGINT)
     _, err = proc.communicate(timeout=300)
     if proc.returncode == 0:  # finished before the signal landed
         pytest.skip("the sweep finished before SIGINT arrived")
@@ -102,11 +104,7 @@ def test_sigint_saves_and_exits_then_resumes(tmp_path, uninterrupted):
 
 
 def test_truncated_checkpoint_falls_back_to_the_previous(tmp_path, uninterrupted):
-    (tmp_path / "ckpt.toml").write_text(SWEEP)
-    proc = grokjax_run(tmp_path, "res")
-    wait_for_checkpoints(tmp_path / "res" / "checkpoints", 3, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    killed_after(tmp_path, 3).wait()
     folder = tmp_path / "res" / "checkpoints"
     latest = max((p for p in folder.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
     for f in (latest / "state").rglob("*"):
@@ -120,11 +118,7 @@ def test_truncated_checkpoint_falls_back_to_the_previous(tmp_path, uninterrupted
 
 
 def test_changed_sweep_file_is_refused(tmp_path):
-    (tmp_path / "ckpt.toml").write_text(SWEEP)
-    proc = grokjax_run(tmp_path, "res")
-    wait_for_checkpoints(tmp_path / "res" / "checkpoints", 1, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    killed_after(tmp_path, 1).wait()
     (tmp_path / "ckpt.toml").write_text(SWEEP.replace("steps = 600", "steps = 900"))
     resumed = grokjax_run(tmp_path, "res", "--resume")
     _, err = resumed.communicate(timeout=300)

