@@ -34,9 +34,9 @@ def quickstart_grid(n_runs: int, steps: int) -> grokjax.SweepConfig:
 
 
 def time_grid(runs) -> tuple[float, float, int]:
-    program = Program.build(runs[0])
+    program = Program.build(runs[0], runs)
     cfg = program.config
-    k = choose_runs_per_batch(cfg, len(runs))
+    k = choose_runs_per_batch(cfg, len(runs), rows=program.train_rows)
     n_evals = cfg.train.steps // cfg.train.eval_every
     hp = hp_arrays(runs)
     t0 = time.perf_counter()
@@ -50,7 +50,7 @@ def time_grid(runs) -> tuple[float, float, int]:
 
 
 def time_loop(runs) -> tuple[float, float]:
-    program = Program.build(runs[0])
+    program = Program.build(runs[0], runs)
     cfg = program.config
     inputs, labels = program.task.inputs, program.task.labels
     step = jax.jit(program.train_step, donate_argnums=0)

@@ -58,7 +58,7 @@ def workload_config(name: str, runs: int, steps: int) -> SweepConfig:
 def naive_flops_per_step(config: SweepConfig) -> float:
     """Matmul FLOPs of one training step of the textbook model (3 x forward)."""
     task = make_task(config.task.name, config.task.p)
-    rows = config.train.batch_size or task.size
+    rows = config.train.batch_size or round(config.task.data_fraction * task.size)  # the training set
     m, c = config.model, task.n_symbols
     if m.name == "mlp":
         per_row = 2 * 2 * m.embed_dim * m.width + 2 * m.width * m.width * (m.depth - 1) + 2 * m.width * c
@@ -102,7 +102,7 @@ def bench_jax_loops(config: SweepConfig, n_runs: int) -> dict[str, dict]:
     """(a) a jitted single-run step dispatched from Python every step; (b) each run trained by
     one jitted scan over its steps. Both read metrics back once per run, as users do."""
     runs = config.runs()[:n_runs]
-    program = Program.build(runs[0])
+    program = Program.build(runs[0], runs)
     steps = config.train.steps
     hp_all = hp_arrays(runs)
     step = jax.jit(program.train_step, donate_argnums=0)

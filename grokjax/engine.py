@@ -71,13 +71,19 @@ class Program:
     config: SweepConfig
     task: Task
     model: nn.Module
+    train_rows: int  # full batch: rows a step computes, the largest training split of the group
 
     @classmethod
-    def build(cls, config: SweepConfig) -> "Program":
+    def build(cls, config: SweepConfig, runs: list[SweepConfig] | None = None) -> "Program":
+        """The program of ``config``'s group; ``runs`` (default: just ``config``) sets how many
+        rows a full-batch step gathers."""
         task = make_task(config.task.name, config.task.p)
         if config.train.precision == "float64" and not jax.config.jax_enable_x64:
             jax.config.update("jax_enable_x64", True)  # float64 arrays need JAX's 64-bit mode
-        return cls(config, task, build_model(config.model, task.n_symbols, task.n_symbols, config.train.precision))
+        fractions = np.array([r.task.data_fraction for r in (runs or [config])], np.float32)
+        rows = int(np.clip(np.round(fractions * np.float32(task.size)), 1, task.size - 1).max())  # as split_mask
+        model = build_model(config.model, task.n_symbols, task.n_symbols, config.train.precision)
+        return cls(config, task, model, rows)
 
     def apply(self, params, tokens):
         return self.model.apply({"params": params}, tokens)
@@ -89,16 +95,21 @@ class Program:
         return RunState(params, opt_state, jax.random.fold_in(key, _BATCH), jnp.array(0, jnp.int32),
                         Events.initial())
 
-    def train_step(self, state: RunState, hp: dict, train_mask: jax.Array) -> RunState:
+    def train_rows_of(self, train_mask: jax.Array) -> jax.Array:
+        """Indices of the run's training examples first, ``train_rows`` of them: a full-batch
+        step computes only these (the rest of a shorter split weighs 0), not the whole table."""
+        return jnp.argsort(~train_mask, stable=True)[: self.train_rows]
+
+    def train_step(self, state: RunState, hp: dict, train_mask: jax.Array, rows: jax.Array | None = None) -> RunState:
         inputs, labels = jnp.asarray(self.task.inputs), jnp.asarray(self.task.labels)
         batch_size = self.config.train.batch_size
         key, sub = jax.random.split(state.key)
         if batch_size:
             idx, weights = draw_batch(sub, train_mask, batch_size)
-            inputs, labels = inputs[idx], labels[idx]
         else:
-            weights = train_mask
-        weights = weights.astype(jnp.float32)
+            idx = self.train_rows_of(train_mask) if rows is None else rows
+            weights = train_mask[idx]
+        inputs, labels, weights = inputs[idx], labels[idx], weights.astype(jnp.float32)
 
         def loss_fn(params):
             per_example = cross_entropy(self.apply(params, inputs), labels)
@@ -130,12 +141,13 @@ class Program:
         evaluations of a run that was still training)."""
         cfg = self.config
         train_mask = split_mask(hp["seed"], hp["data_fraction"], self.task.size)
+        rows = None if cfg.train.batch_size else self.train_rows_of(train_mask)
         inputs, labels = jnp.asarray(self.task.inputs), jnp.asarray(self.task.labels)
 
         def block(state, _):
             was_active = self.is_active(state)
-            state = jax.lax.fori_loop(0, cfg.train.eval_every, lambda _, s: self.train_step(s, hp, train_mask),
-                                      state)
+            state = jax.lax.fori_loop(0, cfg.train.eval_every,
+                                      lambda _, s: self.train_step(s, hp, train_mask, rows), state)
             metrics = evaluate(self.apply(state.params, inputs), labels, train_mask, state.params)
             events = update_events(state.events, metrics, state.step, was_active,
                                    memorize_threshold=cfg.events.memorize_threshold,
@@ -185,7 +197,8 @@ def hp_arrays(runs: list[SweepConfig]) -> dict[str, np.ndarray]:
     return out
 
 
-def choose_runs_per_batch(config: SweepConfig, n_runs: int, platform: str | None = None) -> int:
+def choose_runs_per_batch(config: SweepConfig, n_runs: int, platform: str | None = None,
+                          rows: int | None = None) -> int:
     """How many runs to vmap together. Accelerators take the whole group. On a CPU one full-batch
     run of a mid-sized table already fills the cores and a wide vmap spills the caches
     (DESIGN.md), so the width is sized to keep one batch's activations near the L2 cache."""
@@ -194,13 +207,13 @@ def choose_runs_per_batch(config: SweepConfig, n_runs: int, platform: str | None
     platform = platform or jax.default_backend()
     if platform != "cpu":
         return n_runs
-    task = make_task(config.task.name, config.task.p)
-    rows = config.train.batch_size or task.size
+    rows = config.train.batch_size or rows or make_task(config.task.name, config.task.p).size
     m = config.model
     width = m.width if m.name == "mlp" else 3 * max(m.d_mlp, m.d_model)
     bytes_per_run = rows * width * 4
-    k = max(1, min(n_runs, (2 << 20) // max(bytes_per_run, 1)))
-    return 1 << (int(k).bit_length() - 1)  # a power of two: working sets round up to a multiple of it
+    fit = max(1, (2 << 20) // max(bytes_per_run, 1))
+    # a power of two when the group is wider (working sets round up to a multiple of it)
+    return int(min(n_runs, 1 << (int(fit).bit_length() - 1)))
 
 
 def evals_per_call(n_evals: int, target: int = 25) -> int:
@@ -234,7 +247,7 @@ def bytes_per_run(program: Program, runs_per_batch: int) -> tuple[int, int]:
                                                for k, v in hp_arrays([program.config]).items()})
     state = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
     cfg, task = program.config, program.task
-    rows = cfg.train.batch_size or task.size
+    rows = cfg.train.batch_size or program.train_rows
     m = cfg.model
     per_row = (2 * m.width * m.depth + task.n_symbols) if m.name == "mlp" else \
         (3 * (4 * m.d_model + m.d_mlp) * m.n_layers + task.n_symbols)
@@ -278,7 +291,7 @@ def bucket_sizes(width: int, unit: int) -> list[int]:
 
 def abstract_states(program: Program, n_runs: int, width: int, mesh: Mesh | None = None):
     """Shapes, dtypes and shardings of a working set of ``width`` runs (a checkpoint's target)."""
-    k = choose_runs_per_batch(program.config, n_runs)
+    k = choose_runs_per_batch(program.config, n_runs, rows=program.train_rows)
     hp = hp_arrays([program.config] * width)
     shapes = jax.eval_shape(make_grid_init(program, width, k, mesh), hp)
     sharding = NamedSharding(mesh, P(RUN_AXIS)) if mesh is not None else \
@@ -297,6 +310,7 @@ class Round:
     run_steps: int  # steps trained so far in this group, summed over runs
     seconds: float  # training time of the group so far
     evals: int  # evaluations per run in this round
+    last: bool = False  # the group's final round
 
 
 @dataclasses.dataclass
@@ -333,12 +347,13 @@ def train_group(program: Program, runs: list[SweepConfig], run_ids: list[int],
 
     A finished run's slot takes the next run of the queue; once the queue is empty and few runs
     are left, the survivors are repacked into a smaller bucket (``repack=False`` keeps the width,
-    for benchmarks). Runs are independent, so neither changes any result. The host only places runs, hands each round to ``on_round`` (which may
-    checkpoint the ``GroupState`` or raise ``Stop``) and stops when every run is finished.
+    for benchmarks). Runs are independent, so neither changes any result. The host only places
+    runs, hands each round to ``on_round`` (which may checkpoint the ``GroupState`` or raise
+    ``Stop``) and stops when every run is finished.
     """
     cfg = program.config
     n_dev = mesh.size if mesh is not None else 1
-    k = choose_runs_per_batch(cfg, len(runs))
+    k = choose_runs_per_batch(cfg, len(runs), rows=program.train_rows)
     width = chunk_width(program, len(runs), k, n_dev, max_runs_per_chunk)
     n_evals = cfg.train.steps // cfg.train.eval_every
     per_call = evals_per_call(n_evals)
@@ -386,7 +401,7 @@ def train_group(program: Program, runs: list[SweepConfig], run_ids: list[int],
     widths = [len(gs.slots)]
     base = gs.base_width or len(gs.slots)
     slot_steps = 0
-    t0 = time.perf_counter()
+    t0, compiled_before = time.perf_counter(), compile_time
     while True:
         _, period = programs(len(gs.slots))
         hp = place(slot_hp(gs.slots))
@@ -414,6 +429,7 @@ def train_group(program: Program, runs: list[SweepConfig], run_ids: list[int],
         else:
             alive = np.nonzero(real & ~finished)[0]
             if len(alive) == 0:
+                round_.last = True
                 on_round(round_, gs)
                 break
             smaller = [b for b in bucket_sizes(base, k * n_dev) if b >= len(alive)][-1]
@@ -424,4 +440,5 @@ def train_group(program: Program, runs: list[SweepConfig], run_ids: list[int],
                 gs = GroupState(place(moved), slots, gs.next_run, gs.run_steps, base)
                 widths.append(smaller)
         on_round(round_, gs)
-    return GroupStats(k, widths, n_dev, compile_time, time.perf_counter() - t0, gs.run_steps, slot_steps)
+    train_time = time.perf_counter() - t0 - (compile_time - compiled_before)  # buckets compiled on the way
+    return GroupStats(k, widths, n_dev, compile_time, train_time, gs.run_steps, slot_steps)

@@ -83,7 +83,7 @@ class ProgressLine:
 
     def __call__(self, info: dict, group: int = 0) -> None:
         now = time.perf_counter()
-        final = info["done"] == info["runs"] or info["step"] >= self.total
+        final = info.get("last", False)
         if not self.tty and not final and now - self.last < self.every_s:
             return
         self.last = now
@@ -139,6 +139,12 @@ class Recorder:
         self.events = {int(r): {f: host[f"events/{f}"][i] for f in fields}
                        for i, r in enumerate(host.get("events/run_id", []))}
 
+    def counts(self) -> dict[str, int]:
+        """Runs memorized, grokked, diverged and finished so far, over the whole sweep."""
+        ev = self.events.values()
+        return dict(memorized=sum(e["memorize_step"] >= 0 for e in ev), grokked=sum(e["grok_step"] >= 0 for e in ev),
+                    diverged=sum(bool(e["diverged"]) for e in ev), done=sum(bool(e["done"] | e["diverged"]) for e in ev))
+
     def tables(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         curves = curves_table(self.curve_parts)
         ids = sorted(self.events)
@@ -170,7 +176,8 @@ def run_sweep(config: SweepConfig, out: str | Path | None = None, progress: bool
     results every ``write_every_s``, flagged ``complete: false`` in meta.json, then the final ones).
 
     ``progress``: True for a status line on stderr, False for none, or a callable receiving a
-    dict (step, runs, memorized, grokked, diverged, done, run_steps, seconds) after each round trip.
+    dict (step, runs, memorized, grokked, diverged, done, run_steps, seconds, last) after each
+    round trip; the counts cover the whole sweep so far.
     ``devices``: how many of the local devices share the run axis (default all);
     ``max_runs_per_chunk``: cap on the runs trained at once (default: what fits in memory);
     ``checkpoint_every``: evaluations between checkpoints in ``out/checkpoints`` (0: none); a
@@ -197,7 +204,7 @@ def run_sweep(config: SweepConfig, out: str | Path | None = None, progress: bool
 
     def program_of(g: int) -> Program:
         if g not in programs:
-            programs[g] = Program.build(runs[groups[g][0]])
+            programs[g] = Program.build(runs[groups[g][0]], [runs[i] for i in groups[g]])
         return programs[g]
 
     if out is not None and primary and not resume and (out / "checkpoints").exists():
@@ -234,11 +241,8 @@ def run_sweep(config: SweepConfig, out: str | Path | None = None, progress: bool
             nonlocal evals_since_save
             recorder.record(round_)
             if reporter:
-                ev = round_.events
-                reporter(dict(step=round_.step, runs=len(run_ids), memorized=int((ev["memorize_step"] >= 0).sum()),
-                              grokked=int((ev["grok_step"] >= 0).sum()), diverged=int(ev["diverged"].sum()),
-                              done=int((ev["done"] | ev["diverged"]).sum()), run_steps=round_.run_steps,
-                              seconds=round_.seconds), group=g)
+                reporter(dict(step=round_.step, runs=len(runs), **recorder.counts(), run_steps=round_.run_steps,
+                              seconds=round_.seconds, last=round_.last), group=g)
             if checkpointer is None:
                 return
             evals_since_save += round_.evals
