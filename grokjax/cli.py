@@ -1,26 +1,27 @@
 """Command line: ``grokjax run FILE`` trains a sweep, ``plot DIR`` and ``summary DIR`` read its results,
-``info`` lists tasks, settings and devices."""
+``bench`` measures throughput, ``info`` lists tasks, settings and devices."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pandas as pd
 
-from grokjax.analysis import METRICS
-from grokjax.plots import FORMATS
+from grokjax.analysis import METRICS, cell_summary
+from grokjax.plots import FORMATS, default_axes, plot_results
+from grokjax.results import load_results
+from grokjax.run import Interrupted, enable_compilation_cache, run_sweep
+from grokjax.sweep import AXIS_FIELDS, SweepError, load_sweep
 
 EXIT_BAD_INPUT = 2
 
 
 def _run(args) -> int:
-    from grokjax.plots import default_axes, plot_results
-    from grokjax.run import Interrupted, enable_compilation_cache, run_sweep
-    from grokjax.sweep import SweepError, load_sweep
-
     try:
         config = load_sweep(args.file)
     except SweepError as e:
@@ -30,8 +31,6 @@ def _run(args) -> int:
         if value is not None and value < low:
             return _fail(f"{flag} must be >= {low}, got {value}")
     if args.coordinator or args.distributed:
-        import jax
-
         # one process per host; JAX reads SLURM and its own environment variables for the rest
         jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     if not args.no_cache:
@@ -52,8 +51,6 @@ def _run(args) -> int:
         print(f"\ngrokjax: stopped by signal {e.signum}; checkpoint in {e.checkpoint}. Continue with: "
               f"grokjax run {args.file} --out {out} --resume", file=sys.stderr)
         return 128 + e.signum
-    import jax
-
     if jax.process_index() != 0:
         return 0  # process 0 reports and writes for every host
     meta, runs = results.meta, results.runs
@@ -65,15 +62,13 @@ def _run(args) -> int:
     figures = plot_results(runs, results.curves, out / "figures", *(axes or (None, None)), name=config.name)
     print(f"grokjax: figures in {out / 'figures'}/ ({', '.join(f.name for f in figures)})", file=sys.stderr)
     if not args.quiet:
-        axes = axes or (next((k for k, v in config.grid if k != "seed" and len(v) > 1), "data_fraction"), None)
+        axes = axes or (next((k for k, v in config.grid if k != "seed" and len(v) > 1), "seed"), None)
         print(_summary(runs, *axes))
     return 0
 
 
 def _summary(runs, x: str, y: str | None) -> str:
     """Per cell: runs, share grokked, median grok step with interquartile range, majority phase."""
-    from grokjax.analysis import cell_summary
-
     cells = cell_summary(runs, x, y)
 
     def steps(v):
@@ -94,9 +89,6 @@ def _summary(runs, x: str, y: str | None) -> str:
 def _axes_of(path: Path, runs) -> tuple[str | None, str | None]:
     """Default axes of a results folder: from its sweep.toml's grid, else from the columns that
     vary; (None, None) for a sweep over seeds only."""
-    from grokjax.plots import default_axes
-    from grokjax.sweep import AXIS_FIELDS, SweepError, load_sweep
-
     try:
         axes = default_axes(load_sweep(path / "sweep.toml").grid)
     except SweepError:
@@ -106,8 +98,6 @@ def _axes_of(path: Path, runs) -> tuple[str | None, str | None]:
 
 
 def _load(path: str):
-    from grokjax.results import load_results
-
     path = Path(path)
     try:
         return path, load_results(path)
@@ -120,8 +110,6 @@ class _BadInput(Exception):
 
 
 def _plot(args) -> int:
-    from grokjax.plots import plot_results
-
     path, results = _load(args.dir)
     x, y = _axes_of(path, results.runs)
     x, y = args.x or x, args.y or y
@@ -153,10 +141,8 @@ def _summary_command(args) -> int:
 
 
 def _info(args) -> int:
-    import jax
-
     from grokjax.run import package_versions
-    from grokjax.sweep import AXIS_FIELDS, describe_settings
+    from grokjax.sweep import describe_settings
     from grokjax.tasks import describe_tasks
 
     print("versions: " + ", ".join(f"{k} {v}" for k, v in package_versions().items()))
@@ -243,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("grokjax: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into head or less, closed early
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - nothing more can be written
+        return 0
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from grokjax.metrics import Events, cross_entropy, evaluate, update_events
+from grokjax.metrics import LOSSES, Events, evaluate, update_events
 from grokjax.models import build_model, init_params
 from grokjax.optim import make_optimizer
 from grokjax.sweep import PER_RUN_FIELDS, SweepConfig
@@ -112,7 +112,7 @@ class Program:
         inputs, labels, weights = inputs[idx], labels[idx], weights.astype(jnp.float32)
 
         def loss_fn(params):
-            per_example = cross_entropy(self.apply(params, inputs), labels)
+            per_example = LOSSES[self.config.train.loss](self.apply(params, inputs), labels)
             return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)

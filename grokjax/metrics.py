@@ -38,7 +38,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-LOSSES = {"cross_entropy": cross_entropy}
+LOSSES = {"cross_entropy": cross_entropy}  # train.loss chooses; each maps (logits, labels) -> [B]
 
 
 def evaluate(logits: jax.Array, labels: jax.Array, train_mask: jax.Array, params) -> dict[str, jax.Array]:

@@ -80,6 +80,7 @@ class TrainConfig:
     batch_size: int = _field(0, "0: full batch; else examples drawn per step from the run's train split", ge=0)
     seed: int = _field(0, "seeds the run's split, init and batches", ge=0, per_run=True)
     runs_per_batch: int = _field(0, "runs vmapped together inside the program; 0: chosen for the device", ge=0)
+    loss: str = _field("cross_entropy", "training loss (computed in at least float32)", choices=("cross_entropy",))
     precision: str = _field("float32", "float32; bfloat16 matmuls (parameters and loss stay float32); "
                                        "float64 everywhere", choices=("float32", "bfloat16", "float64"))
 
@@ -153,7 +154,7 @@ class SweepConfig:
         """One config per run of the grid, in Cartesian-product order (run_id = position)."""
         keys = [k for k, _ in self.grid]
         combos = itertools.product(*(values for _, values in self.grid))
-        return [self.replace(**dict(zip(keys, combo)), ) for combo in combos]
+        return [self.replace(**dict(zip(keys, combo))) for combo in combos]
 
     def static_key(self) -> tuple:
         """Everything that is not a per-run array: runs with equal keys share one program."""
