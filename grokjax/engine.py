@@ -280,12 +280,15 @@ def chunk_width(program: Program, n_runs: int, runs_per_batch: int, n_devices: i
 
 
 def bucket_sizes(width: int, unit: int) -> list[int]:
-    """Working-set sizes a group shrinks through as its runs finish: width, width/4, width/16,
-    ... (multiples of ``unit``), so finished runs stop costing compute after a few
-    recompilations at most."""
+    """Working-set sizes a group shrinks through as its runs finish: width, width/2, width/4,
+    ... (multiples of ``unit``), so finished runs stop costing compute at the price of one
+    compilation per bucket reached (cached on disk)."""
     sizes = [width]
-    while sizes[-1] // 4 >= unit and sizes[-1] > unit:
-        sizes.append(-(-(sizes[-1] // 4) // unit) * unit)
+    while sizes[-1] > unit:
+        smaller = -(-(sizes[-1] // 2) // unit) * unit
+        if smaller >= sizes[-1]:
+            break
+        sizes.append(smaller)
     return sizes
 
 
@@ -353,7 +356,9 @@ def train_group(program: Program, runs: list[SweepConfig], run_ids: list[int],
     """
     cfg = program.config
     n_dev = mesh.size if mesh is not None else 1
-    k = choose_runs_per_batch(cfg, len(runs), rows=program.train_rows)
+    # the vmap width never exceeds one device's share of the working set
+    per_device = -(-min(len(runs), max_runs_per_chunk or len(runs)) // n_dev)
+    k = choose_runs_per_batch(cfg, per_device, rows=program.train_rows)
     width = chunk_width(program, len(runs), k, n_dev, max_runs_per_chunk)
     n_evals = cfg.train.steps // cfg.train.eval_every
     per_call = evals_per_call(n_evals)

@@ -1,5 +1,6 @@
 """Checkpoint and resume, end to end: a killed sweep continues to the same tables."""
 
+import json
 import os
 import signal
 import subprocess
@@ -72,6 +73,8 @@ def uninterrupted(tmp_path_factory):
     proc = grokjax_run(cwd, "full")
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
+    group = json.loads((cwd / "full" / "meta.json").read_text())["groups"][0]
+    assert group["devices"] == 2 and group["widths"][0] == 6  # sharded and chunked (12 runs, 6 at a time)
     return tables(cwd / "full")
 
 
