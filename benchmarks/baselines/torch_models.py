@@ -73,6 +73,22 @@ def build(model_cfg: dict, n_symbols: int) -> nn.Module:
                        model_cfg.get("n_heads", 4), model_cfg.get("d_mlp", 512), model_cfg.get("layer_norm", False))
 
 
+def _train_split(inputs, labels, fraction: float, seed: int):
+    x, y = torch.as_tensor(inputs, dtype=torch.long), torch.as_tensor(labels, dtype=torch.long)
+    train = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[: int(fraction * len(y))]
+    return x[train], y[train]
+
+
+def _batches(xt, yt, batch_size: int, steps: int):
+    """Full batch, or ``batch_size`` examples drawn with replacement each step."""
+    for _ in range(steps):
+        if batch_size:
+            idx = torch.randint(len(yt), (batch_size,))
+            yield xt[idx], yt[idx]
+        else:
+            yield xt, yt
+
+
 def train_loop(model_cfg: dict, inputs: np.ndarray, labels: np.ndarray, n_symbols: int, steps: int,
                batch_size: int = 0, lr: float = 1e-3, weight_decay: float = 1.0, fraction: float = 0.5,
                seed: int = 0, bf16: bool = False) -> tuple[float, float]:
@@ -80,16 +96,9 @@ def train_loop(model_cfg: dict, inputs: np.ndarray, labels: np.ndarray, n_symbol
     torch.manual_seed(seed)
     model = build(model_cfg, n_symbols)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
-    x, y = torch.as_tensor(inputs, dtype=torch.long), torch.as_tensor(labels, dtype=torch.long)
-    train = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[: int(fraction * len(y))]
-    xt, yt = x[train], y[train]
+    xt, yt = _train_split(inputs, labels, fraction, seed)
     t0 = time.perf_counter()
-    for _ in range(steps):
-        if batch_size:
-            idx = torch.randint(len(yt), (batch_size,))
-            xb, yb = xt[idx], yt[idx]
-        else:
-            xb, yb = xt, yt
+    for xb, yb in _batches(xt, yt, batch_size, steps):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = nn.functional.cross_entropy(model(xb).float(), yb)
         opt.zero_grad(set_to_none=True)
@@ -110,9 +119,7 @@ def train_ensemble(model_cfg: dict, inputs: np.ndarray, labels: np.ndarray, n_sy
     models = [build(model_cfg, n_symbols) for _ in range(runs)]
     params, buffers = stack_module_state(models)
     base = build(model_cfg, n_symbols).to("meta")
-    x, y = torch.as_tensor(inputs, dtype=torch.long), torch.as_tensor(labels, dtype=torch.long)
-    train = torch.randperm(len(y))[: int(fraction * len(y))]
-    xt, yt = x[train], y[train]
+    xt, yt = _train_split(inputs, labels, fraction, seed=0)
 
     def loss_fn(p, b, xb, yb):
         return nn.functional.cross_entropy(functional_call(base, (p, b), (xb,)), yb)
@@ -121,12 +128,7 @@ def train_ensemble(model_cfg: dict, inputs: np.ndarray, labels: np.ndarray, n_sy
     leaves = list(params.values())
     opt = torch.optim.AdamW(leaves, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
     t0 = time.perf_counter()
-    for _ in range(steps):
-        if batch_size:
-            idx = torch.randint(len(yt), (batch_size,))
-            xb, yb = xt[idx], yt[idx]
-        else:
-            xb, yb = xt, yt
+    for xb, yb in _batches(xt, yt, batch_size, steps):
         grads, _ = step_fn(params, buffers, xb, yb)
         for name, leaf in params.items():
             leaf.grad = grads[name]

@@ -1,0 +1,28 @@
+"""The benchmark suite end to end at toy size: its files and the fields scripts rely on."""
+
+import json
+
+from grokjax.bench import WORKLOADS, naive_flops_per_step, run_benchmarks, workload_config
+
+
+def test_naive_flops_count_the_textbook_models():
+    mlp = workload_config("W2", 1, 10)  # p=97: train rows = round(0.5 * 9409) = 4704 (rounded half to even)
+    rows = round(0.5 * 97 * 97)
+    assert naive_flops_per_step(mlp) == 3 * rows * (2 * 256 * 512 + 2 * 512 * 97)
+    nanda = workload_config("W4", 1, 10)
+    per_layer = 3 * (2 * 4 * 128 * 128 + 2 * 2 * 128 * 512) + 2 * 2 * 9 * 128
+    assert naive_flops_per_step(nanda) == 3 * round(0.5 * 113 * 113) * (per_layer + 2 * 128 * 114)
+    assert set(WORKLOADS) == {"W1", "W2", "W3", "W4"}
+
+
+def test_quick_suite_writes_its_report(tmp_path):
+    records = run_benchmarks(tmp_path, quick=True, workloads=["W1"], runs=[1, 2], steps=2)
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved == json.loads(json.dumps(records))
+    required = {"workload", "implementation", "runs", "run_steps_per_s", "achieved_gflops", "device", "threads"}
+    assert all(required <= set(r) for r in saved)
+    implementations = {r["implementation"] for r in saved}
+    assert {"matmul_ceiling", "grokjax_grid", "jax_loop_step", "jax_loop_scan"} <= implementations
+    assert {r["runs"] for r in saved if r["implementation"] == "grokjax_grid"} == {1, 2}
+    assert all(r["run_steps_per_s"] > 0 for r in saved if r["implementation"] != "matmul_ceiling")
+    assert (tmp_path / "bench.md").read_text().count("| W1 |") >= 5 and (tmp_path / "bench.png").stat().st_size > 0
