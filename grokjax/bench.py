@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from grokjax.engine import Program, hp_arrays, split_mask
+from grokjax.metrics import evaluate
 from grokjax.run import run_sweep
 from grokjax.sweep import SweepConfig, sweep_from_dict
 from grokjax.tasks import make_task
@@ -99,35 +100,45 @@ def bench_grid(config: SweepConfig) -> dict:
 
 
 def bench_jax_loops(config: SweepConfig, n_runs: int) -> dict[str, dict]:
-    """(a) a jitted single-run step dispatched from Python every step; (b) each run trained by
-    one jitted scan over its steps. Both read metrics back once per run, as users do."""
+    """What a JAX user writes before a grid, evaluating at the grid's cadence: (a) a jitted
+    single-run step dispatched from Python every step, a jitted evaluation read back every
+    ``eval_every`` steps; (b) each run trained by one jitted scan over all its steps and
+    evaluations (the grid's own per-run program, alone)."""
     runs = config.runs()[:n_runs]
     program = Program.build(runs[0], runs)
-    steps = config.train.steps
+    steps, every = config.train.steps, config.train.eval_every
+    inputs, labels = program.task.inputs, program.task.labels
     hp_all = hp_arrays(runs)
     step = jax.jit(program.train_step, donate_argnums=0)
-    scan = jax.jit(lambda s, h: program.train_period(s, h, 1), donate_argnums=0)
+    evaluate_fn = jax.jit(lambda params, mask: evaluate(program.apply(params, inputs), labels, mask, params))
+    scan = jax.jit(lambda s, h: program.train_period(s, h, steps // every), donate_argnums=0)
     init = jax.jit(program.init_run)
     mask_of = jax.jit(split_mask, static_argnums=2)
+
+    def loop(state, hp, mask, rows):
+        for s in range(1, steps + 1):
+            state = step(state, hp, mask, rows)
+            if s % every == 0:
+                jax.device_get(evaluate_fn(state.params, mask))  # the host reads its metrics
+        return state
+
     out = {}
     for name in ("jax_loop_step", "jax_loop_scan"):
         seconds = 0.0
         for i in range(n_runs):
             hp = {k: v[i] for k, v in hp_all.items()}
             mask = mask_of(hp["seed"], hp["data_fraction"], program.task.size)
-            rows = None if program.config.train.batch_size else program.train_rows_of(mask)  # the train set, once
+            rows = None if config.train.batch_size else program.train_rows_of(mask)  # the train set, once
             if i == 0:  # compile outside the timed region
                 warm = init(hp)
-                warm = step(warm, hp, mask, rows) if name == "jax_loop_step" else scan(warm, hp)[0]
-                jax.block_until_ready(warm)
+                if name == "jax_loop_step":
+                    jax.block_until_ready(evaluate_fn(step(warm, hp, mask, rows).params, mask))
+                else:
+                    jax.block_until_ready(scan(warm, hp))
             state = init(hp)
             jax.block_until_ready(state)
             t0 = time.perf_counter()
-            if name == "jax_loop_step":
-                for _ in range(steps):
-                    state = step(state, hp, mask, rows)
-            else:
-                state, _ = scan(state, hp)
+            state = loop(state, hp, mask, rows) if name == "jax_loop_step" else jax.device_get(scan(state, hp))[0]
             jax.device_get(state.step)
             seconds += time.perf_counter() - t0
         out[name] = dict(run_steps_per_s=n_runs * steps / seconds)

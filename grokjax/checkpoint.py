@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,7 @@ class SweepCheckpointer:
                 return Restored(step, meta, host, items["state"])
             except Exception as e:  # noqa: BLE001 - fall back to the previous checkpoint
                 print(f"grokjax: checkpoint {step} is unreadable ({type(e).__name__}); trying the previous one",
-                      flush=True)
+                      file=sys.stderr, flush=True)
                 continue
         return None
 
