@@ -5,7 +5,9 @@ less work than its textbook form for the same function (DESIGN.md):
 - the MLP's first layer over the concatenated embeddings is a sum of two per-token tables
   (``E @ W1[:d]`` and ``E @ W1[d:]``, each vocab x width) gathered per example;
 - the transformer reads only the last position, so its last layer computes queries, the
-  attention output and the MLP at that position only.
+  attention output and the MLP at that position only; attention over its three positions is
+  unrolled per (query, key) pair with per-head sums as one small matmul (forward 25 % faster on
+  this CPU than batched per-head matmuls: W3 7.9 -> 5.9 ms, W4 26 -> 20 ms per step).
 """
 
 from __future__ import annotations
@@ -101,7 +103,6 @@ class Transformer(nn.Module):
         norm = (lambda name: nn.LayerNorm(name=name, dtype=self.dtype, param_dtype=self.param_dtype)) \
             if self.layer_norm else (lambda name: (lambda v: v))
         T = seq.shape[1]
-        causal = jnp.tril(jnp.ones((T, T), bool))
         for layer in range(self.n_layers):
             last = layer == self.n_layers - 1
             std = 1.0 / math.sqrt(d)
@@ -110,16 +111,25 @@ class Transformer(nn.Module):
             wv = param(f"layer_{layer}_wv", std, (d, h, dh))
             wo = param(f"layer_{layer}_wo", std, (h, dh, d))
             a = norm(f"layer_{layer}_ln_attn")(x)
-            k = jnp.einsum("btd,dhk->bthk", a, wk)
-            v = jnp.einsum("btd,dhk->bthk", a, wv)
-            queries_at = a[:, -1:] if last else a  # only the last position is read out
-            q = jnp.einsum("bsd,dhk->bshk", queries_at, wq)
-            scores = jnp.einsum("bshk,bthk->bhst", q, k) / math.sqrt(dh)
-            if not last:
-                scores = jnp.where(causal, scores, -1e30)
-            attn = jax.nn.softmax(scores.astype(jnp.promote_types(scores.dtype, jnp.float32)), -1).astype(v.dtype)
-            z = jnp.einsum("bhst,bthk->bshk", attn, v)
-            x = (x[:, -1:] if last else x) + jnp.einsum("bshk,hkd->bsd", z, wo)
+            k = a @ wk.reshape(d, d)
+            v = a @ wv.reshape(d, d)
+            q = (a[:, -1:] if last else a) @ wq.reshape(d, d)  # only the last position is read out
+            # T is 3: per (query, key) pair, a product over model dims summed per head by a 0/1
+            # [d, h] matrix, and a softmax over the pairs unrolled. XLA's CPU backend runs the
+            # textbook form (batched [T x dh] matmuls per example and head, reductions over T)
+            # several times slower.
+            heads = (jnp.arange(d)[:, None] // dh == jnp.arange(h)[None, :]).astype(x.dtype)  # [d, h]
+            zs = []
+            for s_ in range(q.shape[1]):
+                query = T - q.shape[1] + s_  # its position; it sees keys 0..query (causal)
+                scores = [((q[:, s_] * k[:, t]) @ heads / math.sqrt(dh)).astype(
+                    jnp.promote_types(x.dtype, jnp.float32)) for t in range(query + 1)]  # [B, h] each
+                top = functools.reduce(jnp.maximum, scores)
+                exps = [jnp.exp(sc - top) for sc in scores]
+                total = sum(exps)
+                zs.append(sum(((e / total).astype(v.dtype) @ heads.T) * v[:, t] for t, e in enumerate(exps)))
+            z = jnp.stack(zs, 1)  # [B, S, d]
+            x = (x[:, -1:] if last else x) + z @ wo.reshape(d, d)
             m = norm(f"layer_{layer}_ln_mlp")(x)
             m = dense(self.d_mlp, name=f"layer_{layer}_mlp_in")(m)
             x = x + dense(d, name=f"layer_{layer}_mlp_out")(act(m))
