@@ -43,8 +43,12 @@ WORKLOADS = {
                model=dict(name="transformer", n_layers=1, d_model=128, n_heads=4, d_mlp=512, layer_norm=False),
                batch_size=0),
 }
-QUICK = dict(runs=[1, 4, 16], steps=10, loop_runs=2)
-FULL = dict(runs=[1, 16, 64, 256, 1024], steps=50, loop_runs=4)
+# Grid sizes and timed steps per workload: --quick fits a 2-core CPU in under 5 minutes (W1 is
+# cheap enough to reach the 256 runs its loop comparison asks for), the default is sized for a GPU.
+# Every implementation evaluates once on the whole table per timed window (eval_every = steps).
+QUICK = dict(runs=dict(W1=[1, 16, 256], W2=[1, 4, 16], W3=[1, 4, 16], W4=[1, 4, 16]),
+             steps=dict(W1=50, W2=20, W3=20, W4=10), loop_runs=2)
+FULL = dict(runs={w: [1, 16, 64, 256, 1024] for w in WORKLOADS}, steps={w: 50 for w in WORKLOADS}, loop_runs=4)
 
 
 def workload_config(name: str, runs: int, steps: int) -> SweepConfig:
@@ -145,24 +149,32 @@ def bench_jax_loops(config: SweepConfig, n_runs: int) -> dict[str, dict]:
     return out
 
 
-def bench_torch(config: SweepConfig, w: dict, n_runs: int, ensemble_runs: list[int]) -> dict[str, dict]:
+def bench_torch(config: SweepConfig, w: dict, n_runs: int, ensemble_runs: list[int],
+                ensemble_budget_s: float = 10.0) -> dict[str, dict]:
+    """The PyTorch baselines on the same workload, evaluating at the grid's cadence. The
+    ensemble, slow at large sizes, trains for as many of the steps as fit ``ensemble_budget_s``
+    (at least 2), timed after one warm-up step."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks" / "baselines"))
     import torch
     import torch_models
 
     task = make_task(config.task.name, config.task.p)
-    steps, batch = config.train.steps, w["batch_size"]
+    steps, batch, every = config.train.steps, w["batch_size"], config.train.eval_every
     args = (w["model"], task.inputs, task.labels, task.n_symbols)
     out = {}
     for name, bf16 in (("torch_loop", False), ("torch_loop_bf16", True)):
-        torch_models.train_loop(*args, 2, batch, bf16=bf16)  # warm-up
-        seconds = sum(torch_models.train_loop(*args, steps, batch, seed=i, bf16=bf16)[0] for i in range(n_runs))
+        torch_models.train_loop(*args, 2, batch, bf16=bf16, eval_every=1)  # warm-up
+        seconds = sum(torch_models.train_loop(*args, steps, batch, seed=i, bf16=bf16, eval_every=every)["seconds"]
+                      for i in range(n_runs))
         out[name] = dict(run_steps_per_s=n_runs * steps / seconds)
     for r in ensemble_runs:
         try:
-            torch_models.train_ensemble(*args, 2, r, batch)
-            seconds = torch_models.train_ensemble(*args, steps, r, batch)
-            out[f"torch_func_ensemble@{r}"] = dict(run_steps_per_s=r * steps / seconds, runs=r)
+            one = torch_models.train_ensemble(*args, 1, r, batch)
+            n = int(min(steps, max(2, ensemble_budget_s // max(one, 1e-9))))
+            # cut short, it skips the evaluation (in its favour) rather than evaluate more often
+            seconds = torch_models.train_ensemble(*args, n, r, batch, eval_every=every if n == steps else 0)
+            out[f"torch_func_ensemble@{r}"] = dict(run_steps_per_s=r * n / seconds, runs=r, timed_steps=n,
+                                                   evaluates=n == steps)
         except (RuntimeError, MemoryError) as e:  # too large for this machine
             print(f"  torch.func ensemble at {r} runs failed: {type(e).__name__}", file=sys.stderr)
     out["threads"] = torch.get_num_threads()
@@ -172,8 +184,6 @@ def bench_torch(config: SweepConfig, w: dict, n_runs: int, ensemble_runs: list[i
 def run_benchmarks(out: str | Path = ".", quick: bool = False, workloads: list[str] | None = None,
                    runs: list[int] | None = None, steps: int | None = None) -> list[dict]:
     sizes = dict(QUICK if quick else FULL)
-    runs = runs or sizes["runs"]
-    steps = steps or sizes["steps"]
     device = jax.devices()[0]
     common = dict(device=f"{device.platform}:{device.device_kind}", threads=os.cpu_count(),
                   host=platform.machine(), date=str(datetime.date.today()))
@@ -181,7 +191,8 @@ def run_benchmarks(out: str | Path = ".", quick: bool = False, workloads: list[s
     ceiling = matmul_ceiling()
     for name in workloads or list(WORKLOADS):
         w = WORKLOADS[name]
-        flops = naive_flops_per_step(workload_config(name, 1, steps))
+        grid_sizes, n_steps = runs or sizes["runs"][name], steps or sizes["steps"][name]
+        flops = naive_flops_per_step(workload_config(name, 1, n_steps))
         print(f"{name}: {w['description']} ({flops / 1e9:.2f} naive GFLOP per run-step)", file=sys.stderr)
         for impl, gflops in ceiling.items():
             records.append(dict(common, workload=name, implementation="matmul_ceiling", runs=None,
@@ -195,16 +206,16 @@ def run_benchmarks(out: str | Path = ".", quick: bool = False, workloads: list[s
             print(f"  {impl:24s} runs={r!s:5s} {rate:10.1f} run-steps/s {rate * flops / 1e9:8.1f} GFLOP/s",
                   file=sys.stderr, flush=True)
 
-        for r in runs:
+        for r in grid_sizes:
             try:
-                add("grokjax_grid", r, bench_grid(workload_config(name, r, steps)))
+                add("grokjax_grid", r, bench_grid(workload_config(name, r, n_steps)))
             except Exception as e:  # noqa: BLE001 - e.g. out of memory at the largest sizes
                 print(f"  grokjax grid at {r} runs failed: {type(e).__name__}: {e}", file=sys.stderr)
-        config = workload_config(name, max(runs), steps)
+        config = workload_config(name, max(grid_sizes), n_steps)
         for impl, result in bench_jax_loops(config, sizes["loop_runs"]).items():
             add(impl, sizes["loop_runs"], result)
         if importlib.util.find_spec("torch"):
-            result = bench_torch(config, w, sizes["loop_runs"], [r for r in runs if r > 1][:2])
+            result = bench_torch(config, w, sizes["loop_runs"], [r for r in grid_sizes if r > 1][:2])
             threads = result.pop("threads")
             for impl, res in result.items():
                 impl, _, r = impl.partition("@")

@@ -10,9 +10,11 @@ or diverged is frozen by a mask inside its own lane, so it cannot touch its neig
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -27,7 +29,7 @@ from jax.sharding import PartitionSpec as P
 from grokjax.metrics import LOSSES, Events, evaluate, update_events
 from grokjax.models import build_model, init_params
 from grokjax.optim import make_optimizer
-from grokjax.sweep import PER_RUN_FIELDS, SweepConfig
+from grokjax.sweep import FIELDS, PER_RUN_FIELDS, SweepConfig
 from grokjax.tasks import Task, make_task
 
 RUN_AXIS = "runs"
@@ -197,23 +199,78 @@ def hp_arrays(runs: list[SweepConfig]) -> dict[str, np.ndarray]:
     return out
 
 
-def choose_runs_per_batch(config: SweepConfig, n_runs: int, platform: str | None = None,
-                          rows: int | None = None) -> int:
-    """How many runs to vmap together. Accelerators take the whole group. On a CPU one full-batch
-    run of a mid-sized table already fills the cores and a wide vmap spills the caches
-    (DESIGN.md), so the width is sized to keep one batch's activations near the L2 cache."""
-    if config.train.runs_per_batch:
-        return min(config.train.runs_per_batch, n_runs)
-    platform = platform or jax.default_backend()
-    if platform != "cpu":
-        return n_runs
-    rows = config.train.batch_size or rows or make_task(config.task.name, config.task.p).size
-    m = config.model
-    width = m.width if m.name == "mlp" else 3 * max(m.d_mlp, m.d_model)
-    bytes_per_run = rows * width * 4
-    fit = max(1, (2 << 20) // max(bytes_per_run, 1))
-    # a power of two when the group is wider (working sets round up to a multiple of it)
-    return int(min(n_runs, 1 << (int(fit).bit_length() - 1)))
+_MEASURED: dict[str, dict[str, float]] = {}  # run-steps/s per vmap width, measured in this process
+
+
+def tune_runs_per_batch(program: Program, runs: list[SweepConfig], per_device: int,
+                        cache_file: str | os.PathLike | None = None, budget_s: float = 0.15) -> tuple[int, dict]:
+    """The vmap width of a group, and how it was chosen (recorded in meta.json).
+
+    An explicit ``train.runs_per_batch`` wins; an accelerator takes the device's whole share. On a
+    CPU the best width depends on the model and the cache sizes (DESIGN.md), so it is measured:
+    widths 1, 8 and the device's share (at most 64), each as a vmapped step of the group's first
+    runs timed for about ``budget_s``; the best run-steps per second wins (the smaller width
+    within 3 %). Rates are kept for the process and, with ``cache_file``, on disk, keyed by machine
+    and program, so a later launch measures only widths it has not seen."""
+    cfg = program.config
+    if cfg.train.runs_per_batch:
+        return min(cfg.train.runs_per_batch, per_device), dict(source="config")
+    platform = jax.default_backend()
+    if platform != "cpu" or per_device == 1:
+        return per_device, dict(source="device share" if platform != "cpu" else "one run per device")
+    candidates = sorted({1, min(8, per_device), min(per_device, 64)})
+    device = jax.devices()[0]
+    cost = tuple(kv for kv in cfg.static_key()  # what a step costs depends on neither of these
+                 if kv[0] not in ("steps", "eval_every") and FIELDS.get(kv[0], ("",))[0] != "events")
+    key = "|".join(map(str, (platform, device.device_kind, os.cpu_count(), jax.__version__, program.train_rows, cost)))
+    disk = {}
+    if cache_file is not None and Path(cache_file).exists():
+        try:
+            disk = json.loads(Path(cache_file).read_text())
+        except (OSError, ValueError):
+            disk = {}
+    rates = {**disk.get(key, {}), **_MEASURED.get(key, {})}
+    missing = [k for k in candidates if str(k) not in rates]
+    t0 = time.perf_counter()
+    if missing:
+        state = jax.jit(program.init_run)(jax.tree.map(lambda v: v[0], hp_arrays(runs[:1])))
+        for k in missing:
+            rates[str(k)] = round(_run_steps_per_s(program, runs, state, k, budget_s), 1)
+        if cache_file is not None:
+            try:
+                Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
+                fresh = json.loads(Path(cache_file).read_text()) if Path(cache_file).exists() else {}
+                Path(cache_file).write_text(json.dumps({**fresh, key: rates}, indent=1))
+            except (OSError, ValueError):
+                pass  # a cache that cannot be written only costs the next launch a measurement
+    _MEASURED[key] = rates
+    best = max(rates[str(k)] for k in candidates)
+    k = min(k for k in candidates if rates[str(k)] >= 0.97 * best)
+    if jax.process_count() > 1:  # every process must compile the same program: process 0 decides
+        from jax.experimental import multihost_utils
+
+        k = int(multihost_utils.broadcast_one_to_all(np.int32(k)))
+    return k, dict(source="measured" if missing else "measured earlier",
+                   run_steps_per_s={str(c): rates[str(c)] for c in candidates},
+                   tune_time_s=round(time.perf_counter() - t0, 3))
+
+
+def _run_steps_per_s(program: Program, runs: list[SweepConfig], state: RunState, k: int, budget_s: float) -> float:
+    """Run-steps per second of a jitted step vmapped over ``k`` runs (the group's settings; the
+    state, split and rows of its first run, which do not change the cost)."""
+    hp = hp_arrays([runs[i % len(runs)] for i in range(k)])
+    states = jax.tree.map(lambda x: jnp.broadcast_to(x, (k, *x.shape)), state)
+    mask = jnp.arange(program.task.size) < program.train_rows
+    rows = None if program.config.train.batch_size else jnp.arange(program.train_rows)
+    step = jax.vmap(program.train_step, in_axes=(0, 0, None, None))
+    train = jax.jit(lambda s, h, n: jax.lax.fori_loop(0, n, lambda _, s: step(s, h, mask, rows), s))
+    jax.block_until_ready(train(states, hp, 1))  # compiles
+    t0 = time.perf_counter()
+    jax.block_until_ready(train(states, hp, 1))
+    n = int(np.clip(budget_s / max(time.perf_counter() - t0, 1e-6), 1, 50))
+    t0 = time.perf_counter()
+    jax.block_until_ready(train(states, hp, n))
+    return k * n / (time.perf_counter() - t0)
 
 
 def evals_per_call(n_evals: int, target: int = 25) -> int:
@@ -294,9 +351,8 @@ def bucket_sizes(width: int, unit: int) -> list[int]:
 
 def abstract_states(program: Program, n_runs: int, width: int, mesh: Mesh | None = None):
     """Shapes, dtypes and shardings of a working set of ``width`` runs (a checkpoint's target)."""
-    k = choose_runs_per_batch(program.config, n_runs, rows=program.train_rows)
     hp = hp_arrays([program.config] * width)
-    shapes = jax.eval_shape(make_grid_init(program, width, k, mesh), hp)
+    shapes = jax.eval_shape(make_grid_init(program, width, width, mesh), hp)  # shapes do not depend on the vmap width
     sharding = NamedSharding(mesh, P(RUN_AXIS)) if mesh is not None else \
         jax.sharding.SingleDeviceSharding(jax.devices()[0])
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
@@ -325,6 +381,7 @@ class GroupState:
     next_run: int  # runs[next_run:] have not started
     run_steps: int = 0
     base_width: int = 0  # the group's first width: the buckets it shrinks through derive from it
+    runs_per_batch: int = 0  # the group's vmap width, kept so that a resumed group computes alike
 
 
 @dataclasses.dataclass
@@ -336,6 +393,7 @@ class GroupStats:
     train_time_s: float
     run_steps: int  # steps actually trained, summed over runs
     slot_steps: int  # steps computed, padding and frozen runs included
+    runs_per_batch_choice: dict = dataclasses.field(default_factory=dict)  # how the width was chosen
 
 
 class Stop(Exception):
@@ -345,7 +403,7 @@ class Stop(Exception):
 def train_group(program: Program, runs: list[SweepConfig], run_ids: list[int],
                 on_round: Callable[[Round, GroupState], None], *, mesh: Mesh | None = None,
                 max_runs_per_chunk: int | None = None, resume: GroupState | None = None,
-                repack: bool = True) -> GroupStats:
+                repack: bool = True, tune_cache: str | os.PathLike | None = None) -> GroupStats:
     """Train every run of one group (same static config) in a working set of ``width`` slots.
 
     A finished run's slot takes the next run of the queue; once the queue is empty and few runs
@@ -358,7 +416,10 @@ def train_group(program: Program, runs: list[SweepConfig], run_ids: list[int],
     n_dev = mesh.size if mesh is not None else 1
     # the vmap width never exceeds one device's share of the working set
     per_device = -(-min(len(runs), max_runs_per_chunk or len(runs)) // n_dev)
-    k = choose_runs_per_batch(cfg, per_device, rows=program.train_rows)
+    if resume is not None and resume.runs_per_batch:
+        k, choice = resume.runs_per_batch, dict(source="checkpoint")
+    else:
+        k, choice = tune_runs_per_batch(program, runs, per_device, tune_cache)
     width = chunk_width(program, len(runs), k, n_dev, max_runs_per_chunk)
     n_evals = cfg.train.steps // cfg.train.eval_every
     per_call = evals_per_call(n_evals)
@@ -400,7 +461,7 @@ def train_group(program: Program, runs: list[SweepConfig], run_ids: list[int],
     if resume is None:
         slots = np.arange(width)
         slots = np.where(slots < len(runs), slots, -1)
-        gs = GroupState(start(None, slots, np.ones(width, bool)), slots, int(min(width, len(runs))), 0, width)
+        gs = GroupState(start(None, slots, np.ones(width, bool)), slots, int(min(width, len(runs))), 0, width, k)
     else:
         gs = resume
     widths = [len(gs.slots)]
@@ -430,7 +491,7 @@ def train_group(program: Program, runs: list[SweepConfig], run_ids: list[int],
             fresh = np.zeros(len(slots), bool)
             slots[free[:n_new]] = np.arange(gs.next_run, gs.next_run + n_new)
             fresh[free[:n_new]] = True
-            gs = GroupState(start(gs.states, slots, fresh), slots, gs.next_run + n_new, gs.run_steps, base)
+            gs = GroupState(start(gs.states, slots, fresh), slots, gs.next_run + n_new, gs.run_steps, base, k)
         else:
             alive = np.nonzero(real & ~finished)[0]
             if len(alive) == 0:
@@ -442,8 +503,8 @@ def train_group(program: Program, runs: list[SweepConfig], run_ids: list[int],
                 keep = np.concatenate([alive, np.nonzero(~real | finished)[0]])[:smaller]
                 slots = np.where(np.isin(np.arange(len(gs.slots)), alive), gs.slots, -1)[keep]
                 moved = jax.tree.map(lambda x: x[keep], to_host(gs.states))
-                gs = GroupState(place(moved), slots, gs.next_run, gs.run_steps, base)
+                gs = GroupState(place(moved), slots, gs.next_run, gs.run_steps, base, k)
                 widths.append(smaller)
         on_round(round_, gs)
     train_time = time.perf_counter() - t0 - (compile_time - compiled_before)  # buckets compiled on the way
-    return GroupStats(k, widths, n_dev, compile_time, train_time, gs.run_steps, slot_steps)
+    return GroupStats(k, widths, n_dev, compile_time, train_time, gs.run_steps, slot_steps, choice)

@@ -171,7 +171,7 @@ class Interrupted(Exception):
 def run_sweep(config: SweepConfig, out: str | Path | None = None, progress: bool | Callable = True,
               sweep_text: str | None = None, write_every_s: float = 30.0, devices: int | None = None,
               max_runs_per_chunk: int | None = None, checkpoint_every: int = 0, resume: bool = False,
-              repack: bool = True) -> Results:
+              repack: bool = True, tune_cache: str | Path | None = "auto") -> Results:
     """Train every run of ``config``; with ``out``, write the results folder there (part-way
     results every ``write_every_s``, flagged ``complete: false`` in meta.json, then the final ones).
 
@@ -182,8 +182,13 @@ def run_sweep(config: SweepConfig, out: str | Path | None = None, progress: bool
     ``max_runs_per_chunk``: cap on the runs trained at once (default: what fits in memory);
     ``checkpoint_every``: evaluations between checkpoints in ``out/checkpoints`` (0: none); a
     checkpointed sweep also saves one and raises ``Interrupted`` on SIGINT or SIGTERM;
-    ``resume``: continue from the newest readable checkpoint (refused if the settings changed).
+    ``resume``: continue from the newest readable checkpoint (refused if the settings changed);
+    ``tune_cache``: file keeping the measured vmap widths (default: beside the persistent
+    compilation cache when one is enabled; None: measure again each launch).
     """
+    if tune_cache == "auto":
+        cache_dir = jax.config.jax_compilation_cache_dir
+        tune_cache = Path(cache_dir) / "grokjax_runs_per_batch.json" if cache_dir else None
     started = datetime.datetime.now(datetime.timezone.utc)
     t_start = time.perf_counter()
     runs = config.runs()
@@ -229,7 +234,8 @@ def run_sweep(config: SweepConfig, out: str | Path | None = None, progress: bool
         nonlocal saves, evals_since_save
         checkpointer.save(saves, state.states, {**recorder.host_arrays(), "slots": state.slots},
                           dict(group=g, width=len(state.slots), next_run=state.next_run, run_steps=state.run_steps,
-                               base_width=state.base_width, group_meta=group_meta,
+                               base_width=state.base_width, runs_per_batch=state.runs_per_batch,
+                               group_meta=group_meta,
                                config=config_fingerprint(config)))
         saves += 1
         evals_since_save = 0
@@ -255,15 +261,18 @@ def run_sweep(config: SweepConfig, out: str | Path | None = None, progress: bool
         if restored and g == first_group:
             h = restored.host
             resume_state = GroupState(restored.state, h["slots"], restored.meta["next_run"],
-                                      restored.meta["run_steps"], restored.meta["base_width"])
+                                      restored.meta["run_steps"], restored.meta["base_width"],
+                                      restored.meta.get("runs_per_batch", 0))
         with _stop_on_signals(stop_signal, enabled=checkpointer is not None):
             try:
                 stats = train_group(program_of(g), [runs[i] for i in run_ids], run_ids, on_round, mesh=mesh,
-                                    max_runs_per_chunk=max_runs_per_chunk, resume=resume_state, repack=repack)
+                                    max_runs_per_chunk=max_runs_per_chunk, resume=resume_state, repack=repack,
+                                    tune_cache=tune_cache)
             except Stop:
                 recorder.write(dict(complete=False))
                 raise Interrupted(stop_signal[0], checkpointer.directory) from None
-        group_meta.append(dict(runs=len(run_ids), runs_per_batch=stats.runs_per_batch, widths=stats.widths,
+        group_meta.append(dict(runs=len(run_ids), runs_per_batch=stats.runs_per_batch,
+                               runs_per_batch_choice=stats.runs_per_batch_choice, widths=stats.widths,
                                devices=stats.devices, compile_time_s=round(stats.compile_time_s, 3),
                                train_time_s=round(stats.train_time_s, 3), run_steps=stats.run_steps,
                                slot_steps=stats.slot_steps))
@@ -279,6 +288,7 @@ def run_sweep(config: SweepConfig, out: str | Path | None = None, progress: bool
         runs=len(runs),
         groups=group_meta,
         compile_time_s=round(sum(g["compile_time_s"] for g in group_meta), 3),
+        tune_time_s=round(sum(g.get("runs_per_batch_choice", {}).get("tune_time_s", 0.0) for g in group_meta), 3),
         train_time_s=round(train_time, 3),
         wall_time_s=round(time.perf_counter() - t_start, 3),
         run_steps=run_steps,

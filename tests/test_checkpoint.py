@@ -28,6 +28,7 @@ lr = 1e-2
 [train]
 steps = 600
 eval_every = 10
+runs_per_batch = 3
 [grid]
 lr = [1e-2, 1e20]
 data_fraction = [0.3, 0.8]

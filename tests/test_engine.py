@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 import grokjax
-from grokjax.engine import Program, choose_runs_per_batch, draw_batch, evals_per_call, split_mask
+from grokjax.engine import Program, draw_batch, evals_per_call, split_mask, train_group, tune_runs_per_batch
 
 
 def curves_of(results, run_id):
@@ -126,12 +126,42 @@ def test_minibatch_sgd_transformer_trains(sweep):
     assert losses[-1] < 0.5 * np.log(11)
 
 
-def test_runs_per_batch_heuristics(sweep):
-    assert choose_runs_per_batch(sweep(train=dict(runs_per_batch=4)), 10) == 4
-    assert choose_runs_per_batch(sweep(), 100, platform="gpu") == 100
-    big = sweep(task=dict(p=97), model=dict(width=512))
-    assert choose_runs_per_batch(big, 100, platform="cpu") == 1
-    assert 1 <= choose_runs_per_batch(sweep(task=dict(p=11)), 100, platform="cpu") <= 100
+def test_vmap_width_is_measured_recorded_and_remembered(tmp_path, sweep, monkeypatch):
+    import grokjax.engine as engine
+
+    config = sweep(grid=dict(seed=list(range(12))))
+    program = Program.build(config.runs()[0], config.runs())
+    cache = tmp_path / "widths.json"
+    k, choice = tune_runs_per_batch(program, config.runs(), 12, cache)
+    assert choice["source"] == "measured" and set(choice["run_steps_per_s"]) == {"1", "8", "12"}
+    assert str(k) in choice["run_steps_per_s"] and all(r > 0 for r in choice["run_steps_per_s"].values())
+    best = max(choice["run_steps_per_s"].values())
+    assert choice["run_steps_per_s"][str(k)] >= 0.97 * best
+    monkeypatch.setattr(engine, "_MEASURED", {})  # a new process: the rates come from the file
+    again, choice_again = tune_runs_per_batch(program, config.runs(), 12, cache)
+    assert (again, choice_again["source"], choice_again["run_steps_per_s"]) == (k, "measured earlier",
+                                                                                 choice["run_steps_per_s"])
+    # another budget (steps) costs the same per step: nothing to measure; an explicit width wins
+    assert tune_runs_per_batch(Program.build(sweep(train=dict(steps=90)), config.runs()), config.runs(), 12,
+                               cache)[1]["source"] == "measured earlier"
+    pinned = sweep(train=dict(runs_per_batch=4))
+    assert tune_runs_per_batch(Program.build(pinned), pinned.runs(), 12) == (4, dict(source="config"))
+    meta = grokjax.run_sweep(config, progress=False).meta["groups"][0]
+    assert meta["runs_per_batch"] == k and meta["runs_per_batch_choice"]["source"] == "measured earlier"
+
+
+def test_resumed_group_keeps_its_vmap_width(sweep):
+    import dataclasses
+
+    config = sweep(train=dict(steps=20), grid=dict(seed=[0, 1, 2, 3]))
+    runs = config.runs()
+    program = Program.build(runs[0], runs)
+    rounds = []
+    stats = train_group(program, runs, list(range(4)), lambda r, gs: rounds.append(dataclasses.replace(gs)))
+    resumed = train_group(program, runs, list(range(4)), lambda r, gs: None,
+                          resume=dataclasses.replace(rounds[0], runs_per_batch=3))
+    assert stats.runs_per_batch in (1, 4) and resumed.runs_per_batch == 3
+    assert resumed.runs_per_batch_choice == dict(source="checkpoint")
 
 
 @pytest.mark.parametrize("n, expected", [(20, 1), (100, 4), (7, 1), (60, 3)])

@@ -73,10 +73,12 @@ def build(model_cfg: dict, n_symbols: int) -> nn.Module:
                        model_cfg.get("n_heads", 4), model_cfg.get("d_mlp", 512), model_cfg.get("layer_norm", False))
 
 
-def _train_split(inputs, labels, fraction: float, seed: int):
-    x, y = torch.as_tensor(inputs, dtype=torch.long), torch.as_tensor(labels, dtype=torch.long)
-    train = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[: int(fraction * len(y))]
-    return x[train], y[train]
+def _split(labels, fraction: float, seed: int) -> torch.Tensor:
+    """Train mask over the table: a seeded permutation's first ``fraction``."""
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    mask = torch.zeros(len(labels), dtype=torch.bool)
+    mask[order[: int(fraction * len(labels))]] = True
+    return mask
 
 
 def _batches(xt, yt, batch_size: int, steps: int):
@@ -89,48 +91,65 @@ def _batches(xt, yt, batch_size: int, steps: int):
             yield xt, yt
 
 
+@torch.no_grad()
+def evaluate(forward, x, y, mask, bf16: bool = False) -> tuple[float, float]:
+    """Train and test accuracy on the whole table, read back to the host (as published code
+    logs them)."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        correct = (forward(x).argmax(-1) == y).float()
+    return correct[mask].mean().item(), correct[~mask].mean().item()
+
+
 def train_loop(model_cfg: dict, inputs: np.ndarray, labels: np.ndarray, n_symbols: int, steps: int,
                batch_size: int = 0, lr: float = 1e-3, weight_decay: float = 1.0, fraction: float = 0.5,
-               seed: int = 0, bf16: bool = False) -> tuple[float, float]:
-    """One run, published-code style. Returns (seconds for ``steps`` steps, final train accuracy)."""
+               seed: int = 0, bf16: bool = False, eval_every: int = 0, betas=(0.9, 0.98)) -> dict:
+    """One run, published-code style, evaluating on the whole table every ``eval_every`` steps.
+    Returns the training seconds and the curve [(step, train_acc, test_acc)]."""
     torch.manual_seed(seed)
     model = build(model_cfg, n_symbols)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
-    xt, yt = _train_split(inputs, labels, fraction, seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=betas)
+    x, y = torch.as_tensor(inputs, dtype=torch.long), torch.as_tensor(labels, dtype=torch.long)
+    mask = _split(y, fraction, seed)
+    curve = []
     t0 = time.perf_counter()
-    for xb, yb in _batches(xt, yt, batch_size, steps):
+    for step, (xb, yb) in enumerate(_batches(x[mask], y[mask], batch_size, steps), 1):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = nn.functional.cross_entropy(model(xb).float(), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    seconds = time.perf_counter() - t0
-    with torch.no_grad():
-        acc = (model(xt).argmax(-1) == yt).float().mean().item()
-    return seconds, acc
+        if eval_every and step % eval_every == 0:
+            curve.append((step, *evaluate(model, x, y, mask, bf16)))
+    return dict(seconds=time.perf_counter() - t0, curve=curve)
 
 
 def train_ensemble(model_cfg: dict, inputs: np.ndarray, labels: np.ndarray, n_symbols: int, steps: int, runs: int,
-                   batch_size: int = 0, lr: float = 1e-3, weight_decay: float = 1.0, fraction: float = 0.5) -> float:
-    """``runs`` models stacked with torch.func and trained together (vmap of a functional call).
-    Every run here shares one split, which flatters this baseline. Returns seconds."""
+                   batch_size: int = 0, lr: float = 1e-3, weight_decay: float = 1.0, fraction: float = 0.5,
+                   eval_every: int = 0) -> float:
+    """``runs`` models stacked with torch.func and trained together (vmap of a functional call),
+    evaluated together every ``eval_every`` steps. Every run here shares one split, which flatters
+    this baseline. Returns seconds."""
     from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
     models = [build(model_cfg, n_symbols) for _ in range(runs)]
     params, buffers = stack_module_state(models)
     base = build(model_cfg, n_symbols).to("meta")
-    xt, yt = _train_split(inputs, labels, fraction, seed=0)
+    x, y = torch.as_tensor(inputs, dtype=torch.long), torch.as_tensor(labels, dtype=torch.long)
+    mask = _split(y, fraction, seed=0)
 
     def loss_fn(p, b, xb, yb):
         return nn.functional.cross_entropy(functional_call(base, (p, b), (xb,)), yb)
 
     step_fn = vmap(grad_and_value(loss_fn), in_dims=(0, 0, None, None))
+    forward = vmap(lambda p, b, xb: functional_call(base, (p, b), (xb,)), in_dims=(0, 0, None))
     leaves = list(params.values())
     opt = torch.optim.AdamW(leaves, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
     t0 = time.perf_counter()
-    for xb, yb in _batches(xt, yt, batch_size, steps):
+    for step, (xb, yb) in enumerate(_batches(x[mask], y[mask], batch_size, steps), 1):
         grads, _ = step_fn(params, buffers, xb, yb)
         for name, leaf in params.items():
             leaf.grad = grads[name]
         opt.step()
+        if eval_every and step % eval_every == 0:
+            evaluate(lambda xs: forward(params, buffers, xs), x, y.expand(runs, -1), mask.expand(runs, -1))
     return time.perf_counter() - t0
