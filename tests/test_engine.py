@@ -157,7 +157,8 @@ def test_resumed_group_keeps_its_vmap_width(sweep):
     runs = config.runs()
     program = Program.build(runs[0], runs)
     rounds = []
-    stats = train_group(program, runs, list(range(4)), lambda r, gs: rounds.append(dataclasses.replace(gs)))
+    stats = train_group(program, runs, list(range(4)),  # the states are donated to the next round: copy
+                        lambda r, gs: rounds.append(dataclasses.replace(gs, states=jax.tree.map(jnp.copy, gs.states))))
     resumed = train_group(program, runs, list(range(4)), lambda r, gs: None,
                           resume=dataclasses.replace(rounds[0], runs_per_batch=3))
     assert stats.runs_per_batch in (1, 4) and resumed.runs_per_batch == 3
