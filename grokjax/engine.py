@@ -161,6 +161,8 @@ class Program:
 
 def map_runs(fn: Callable, xs, n_runs: int, runs_per_batch: int):
     """Apply a one-run ``fn`` over the leading run axis, ``runs_per_batch`` runs vmapped at a time."""
+    if runs_per_batch == 1:  # one run at a time, unbatched: a width-1 vmap still adds a unit batch
+        return jax.lax.map(lambda x: fn(*x), xs)  # dimension, which some CPU kernels handle slower
     if runs_per_batch >= n_runs:
         return jax.vmap(fn)(*xs)
     return jax.lax.map(lambda x: fn(*x), xs, batch_size=runs_per_batch)
@@ -262,8 +264,10 @@ def _run_steps_per_s(program: Program, runs: list[SweepConfig], state: RunState,
     states = jax.tree.map(lambda x: jnp.broadcast_to(x, (k, *x.shape)), state)
     mask = jnp.arange(program.task.size) < program.train_rows
     rows = None if program.config.train.batch_size else jnp.arange(program.train_rows)
-    step = jax.vmap(program.train_step, in_axes=(0, 0, None, None))
-    train = jax.jit(lambda s, h, n: jax.lax.fori_loop(0, n, lambda _, s: step(s, h, mask, rows), s))
+    def step(states, hp):  # the steps of k runs, mapped as the grid maps them
+        return map_runs(lambda s, h: program.train_step(s, h, mask, rows), (states, hp), k, k)
+
+    train = jax.jit(lambda s, h, n: jax.lax.fori_loop(0, n, lambda _, s: step(s, h), s))
     jax.block_until_ready(train(states, hp, 1))  # compiles
     t0 = time.perf_counter()
     jax.block_until_ready(train(states, hp, 1))
