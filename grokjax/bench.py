@@ -104,12 +104,12 @@ def bench_grid(config: SweepConfig) -> dict:
                 runs_per_batch=group["runs_per_batch"])
 
 
-def bench_jax_loops(config: SweepConfig, n_runs: int) -> dict[str, dict]:
+def bench_jax_loops(config: SweepConfig, n_runs: int, min_seconds: float = 1.0) -> dict[str, dict]:
     """What a JAX user writes before a grid, evaluating at the grid's cadence: (a) a jitted
     single-run step dispatched from Python every step, a jitted evaluation read back every
     ``eval_every`` steps; (b) each run trained by one jitted scan over all its steps and
     evaluations (the grid's own per-run program, alone)."""
-    runs = config.runs()[:n_runs]
+    runs = config.runs()
     program = Program.build(runs[0], runs)
     steps, every = config.train.steps, config.train.eval_every
     inputs, labels = program.task.inputs, program.task.labels
@@ -129,9 +129,9 @@ def bench_jax_loops(config: SweepConfig, n_runs: int) -> dict[str, dict]:
 
     out = {}
     for name in ("jax_loop_step", "jax_loop_scan"):
-        seconds = 0.0
-        for i in range(n_runs):
-            hp = {k: v[i] for k, v in hp_all.items()}
+        seconds, i = 0.0, 0
+        while i < n_runs or seconds < min_seconds:  # at least n_runs runs and min_seconds of training
+            hp = {k: v[i % len(runs)] for k, v in hp_all.items()}
             mask = mask_of(hp["seed"], hp["data_fraction"], program.task.size)
             rows = None if config.train.batch_size else program.train_rows_of(mask)  # the train set, once
             if i == 0:  # compile outside the timed region
@@ -146,13 +146,15 @@ def bench_jax_loops(config: SweepConfig, n_runs: int) -> dict[str, dict]:
             state = loop(state, hp, mask, rows) if name == "jax_loop_step" else jax.device_get(scan(state, hp))[0]
             jax.device_get(state.step)
             seconds += time.perf_counter() - t0
-        out[name] = dict(run_steps_per_s=n_runs * steps / seconds)
+            i += 1
+        out[name] = dict(run_steps_per_s=i * steps / seconds, timed_runs=i)
     return out
 
 
 def bench_torch(config: SweepConfig, w: dict, n_runs: int, ensemble_runs: list[int],
-                ensemble_budget_s: float = 5.0) -> dict[str, dict]:
-    """The PyTorch baselines on the same workload, evaluating at the grid's cadence. The
+                ensemble_budget_s: float = 5.0, min_seconds: float = 1.0) -> dict[str, dict]:
+    """The PyTorch baselines on the same workload, evaluating at the grid's cadence; each loop
+    trains at least ``n_runs`` runs and ``min_seconds`` (a cheap workload's runs are short). The
     ensemble, slow at large sizes, trains for as many of the steps as fit ``ensemble_budget_s``
     (at least 2), timed after one warm-up step."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks" / "baselines"))
@@ -165,9 +167,11 @@ def bench_torch(config: SweepConfig, w: dict, n_runs: int, ensemble_runs: list[i
     out = {}
     for name, bf16 in (("torch_loop", False), ("torch_loop_bf16", True)):
         torch_models.train_loop(*args, 2, batch, bf16=bf16, eval_every=1)  # warm-up
-        seconds = sum(torch_models.train_loop(*args, steps, batch, seed=i, bf16=bf16, eval_every=every)["seconds"]
-                      for i in range(n_runs))
-        out[name] = dict(run_steps_per_s=n_runs * steps / seconds)
+        seconds, i = 0.0, 0
+        while i < n_runs or seconds < min_seconds:
+            seconds += torch_models.train_loop(*args, steps, batch, seed=i, bf16=bf16, eval_every=every)["seconds"]
+            i += 1
+        out[name] = dict(run_steps_per_s=i * steps / seconds, timed_runs=i)
     for r in ensemble_runs:
         try:
             one = torch_models.train_ensemble(*args, 1, r, batch)
@@ -183,7 +187,7 @@ def bench_torch(config: SweepConfig, w: dict, n_runs: int, ensemble_runs: list[i
 
 
 def run_benchmarks(out: str | Path = ".", quick: bool = False, workloads: list[str] | None = None,
-                   runs: list[int] | None = None, steps: int | None = None) -> list[dict]:
+                   runs: list[int] | None = None, steps: int | None = None, min_seconds: float = 1.0) -> list[dict]:
     sizes = dict(QUICK if quick else FULL)
     device = jax.devices()[0]
     common = dict(device=f"{device.platform}:{device.device_kind}", threads=os.cpu_count(),
@@ -213,14 +217,15 @@ def run_benchmarks(out: str | Path = ".", quick: bool = False, workloads: list[s
             except Exception as e:  # noqa: BLE001 - e.g. out of memory at the largest sizes
                 print(f"  grokjax grid at {r} runs failed: {type(e).__name__}: {e}", file=sys.stderr)
         config = workload_config(name, max(grid_sizes), n_steps)
-        for impl, result in bench_jax_loops(config, sizes["loop_runs"]).items():
-            add(impl, sizes["loop_runs"], result)
+        for impl, result in bench_jax_loops(config, sizes["loop_runs"], min_seconds).items():
+            add(impl, result.pop("timed_runs"), result)  # a loop's rate does not depend on how many runs
         if importlib.util.find_spec("torch"):
-            result = bench_torch(config, w, sizes["loop_runs"], [r for r in sizes["ensemble_runs"] if r <= max(grid_sizes)])
+            ensembles = [r for r in sizes["ensemble_runs"] if r <= max(grid_sizes)]
+            result = bench_torch(config, w, sizes["loop_runs"], ensembles, min_seconds=min_seconds)
             threads = result.pop("threads")
             for impl, res in result.items():
                 impl, _, r = impl.partition("@")
-                add(impl, int(r) if r else sizes["loop_runs"], dict(res, torch_threads=threads))
+                add(impl, int(r) if r else res.pop("timed_runs"), dict(res, torch_threads=threads))
     write_report(records, Path(out))
     return records
 

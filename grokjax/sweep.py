@@ -79,7 +79,8 @@ class TrainConfig:
     eval_every: int = _field(10, "steps between evaluations; divides steps", ge=1)
     batch_size: int = _field(0, "0: full batch; else examples drawn per step from the run's train split", ge=0)
     seed: int = _field(0, "seeds the run's split, init and batches", ge=0, per_run=True)
-    runs_per_batch: int = _field(0, "runs vmapped together inside the program; 0: chosen for the device", ge=0)
+    runs_per_batch: int = _field(0, "runs vmapped together inside the program; 0: measured on a CPU, "
+                                    "the device's share on an accelerator", ge=0)
     loss: str = _field("cross_entropy", "training loss (computed in at least float32)", choices=("cross_entropy",))
     precision: str = _field("float32", "float32; bfloat16 matmuls (parameters and loss stay float32); "
                                        "float64 everywhere", choices=("float32", "bfloat16", "float64"))

@@ -16,7 +16,7 @@ def test_naive_flops_count_the_textbook_models():
 
 
 def test_quick_suite_writes_its_report(tmp_path):
-    records = run_benchmarks(tmp_path, quick=True, workloads=["W1"], runs=[1, 2], steps=2)
+    records = run_benchmarks(tmp_path, quick=True, workloads=["W1"], runs=[1, 2], steps=2, min_seconds=0)
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved == json.loads(json.dumps(records))
     required = {"workload", "implementation", "runs", "run_steps_per_s", "achieved_gflops", "device", "threads"}
@@ -25,4 +25,8 @@ def test_quick_suite_writes_its_report(tmp_path):
     assert {"matmul_ceiling", "grokjax_grid", "jax_loop_step", "jax_loop_scan"} <= implementations
     assert {r["runs"] for r in saved if r["implementation"] == "grokjax_grid"} == {1, 2}
     assert all(r["run_steps_per_s"] > 0 for r in saved if r["implementation"] != "matmul_ceiling")
-    assert (tmp_path / "bench.md").read_text().count("| W1 |") >= 5 and (tmp_path / "bench.png").stat().st_size > 0
+    report = (tmp_path / "bench.md").read_text()
+    assert report.count("| W1 |") >= 6 and "| W1 | 2 |" in report  # the table, then the ratios of the grid at 2 runs
+    assert (tmp_path / "bench.png").stat().st_size > 0
+    grids = [r for r in saved if r["implementation"] == "grokjax_grid"]
+    assert all(r["runs_per_batch"] >= 1 for r in grids)
