@@ -224,7 +224,10 @@ def tune_runs_per_batch(program: Program, runs: list[SweepConfig], per_device: i
     device = jax.devices()[0]
     cost = tuple(kv for kv in cfg.static_key()  # what a step costs depends on neither of these
                  if kv[0] not in ("steps", "eval_every") and FIELDS.get(kv[0], ("",))[0] != "events")
-    key = "|".join(map(str, (platform, device.device_kind, os.cpu_count(), jax.__version__, program.train_rows, cost)))
+    from grokjax import __version__
+
+    key = "|".join(map(str, (platform, device.device_kind, os.cpu_count(), jax.__version__, __version__,
+                             program.train_rows, cost)))
     disk = {}
     if cache_file is not None and Path(cache_file).exists():
         try:
