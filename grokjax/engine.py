@@ -10,6 +10,7 @@ or diverged is frozen by a mask inside its own lane, so it cannot touch its neig
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import json
 import math
 import os
@@ -224,9 +225,7 @@ def tune_runs_per_batch(program: Program, runs: list[SweepConfig], per_device: i
     device = jax.devices()[0]
     cost = tuple(kv for kv in cfg.static_key()  # what a step costs depends on neither of these
                  if kv[0] not in ("steps", "eval_every") and FIELDS.get(kv[0], ("",))[0] != "events")
-    from grokjax import __version__
-
-    key = "|".join(map(str, (platform, device.device_kind, os.cpu_count(), jax.__version__, __version__,
+    key = "|".join(map(str, (platform, device.device_kind, os.cpu_count(), jax.__version__, _version(),
                              program.train_rows, cost)))
     disk = {}
     if cache_file is not None and Path(cache_file).exists():
@@ -258,6 +257,13 @@ def tune_runs_per_batch(program: Program, runs: list[SweepConfig], per_device: i
     return k, dict(source="measured" if missing else "measured earlier",
                    run_steps_per_s={str(c): rates[str(c)] for c in candidates},
                    tune_time_s=round(time.perf_counter() - t0, 3))
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("grokjax")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return "source"
 
 
 def _run_steps_per_s(program: Program, runs: list[SweepConfig], state: RunState, k: int, budget_s: float) -> float:
