@@ -101,7 +101,8 @@ def bench_grid(config: SweepConfig) -> dict:
     results = run_sweep(config, progress=False)
     group = results.meta["groups"][0]
     return dict(run_steps_per_s=results.meta["run_steps_per_s"], compile_s=results.meta["compile_time_s"],
-                runs_per_batch=group["runs_per_batch"])
+                runs_per_batch=group["runs_per_batch"],
+                width_rates=group["runs_per_batch_choice"].get("run_steps_per_s"))  # how the width was chosen
 
 
 def bench_jax_loops(config: SweepConfig, n_runs: int, min_seconds: float = 1.0) -> dict[str, dict]:
