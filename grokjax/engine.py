@@ -212,8 +212,8 @@ def tune_runs_per_batch(program: Program, runs: list[SweepConfig], per_device: i
     An explicit ``train.runs_per_batch`` wins; an accelerator takes the device's whole share. On a
     CPU the best width depends on the model and the cache sizes (DESIGN.md), so it is measured:
     widths 1, 8 and the device's share (at most 64), each as a vmapped step of the group's first
-    runs timed for about ``budget_s``; the best run-steps per second wins (the smaller width
-    within 3 %). Rates are kept for the process and, with ``cache_file``, on disk, keyed by machine
+    runs timed for about ``budget_s``; the best run-steps per second, discounted by the padding
+    slots the width adds to the working set, wins (the smaller width within 3 %). Rates are kept for the process and, with ``cache_file``, on disk, keyed by machine
     and program, so a later launch measures only widths it has not seen."""
     cfg = program.config
     if cfg.train.runs_per_batch:
@@ -248,8 +248,10 @@ def tune_runs_per_batch(program: Program, runs: list[SweepConfig], per_device: i
             except (OSError, ValueError):
                 pass  # a cache that cannot be written only costs the next launch a measurement
     _MEASURED[key] = rates
-    best = max(rates[str(k)] for k in candidates)
-    k = min(k for k in candidates if rates[str(k)] >= 0.97 * best)
+    # the working set is a multiple of the width: count the padding slots a width would add
+    useful = {k: rates[str(k)] * per_device / (-(-per_device // k) * k) for k in candidates}
+    best = max(useful.values())
+    k = min(k for k in candidates if useful[k] >= 0.97 * best)
     if jax.process_count() > 1:  # every process must compile the same program: process 0 decides
         from jax.experimental import multihost_utils
 

@@ -135,8 +135,9 @@ def test_vmap_width_is_measured_recorded_and_remembered(tmp_path, sweep, monkeyp
     k, choice = tune_runs_per_batch(program, config.runs(), 12, cache)
     assert choice["source"] == "measured" and set(choice["run_steps_per_s"]) == {"1", "8", "12"}
     assert str(k) in choice["run_steps_per_s"] and all(r > 0 for r in choice["run_steps_per_s"].values())
-    best = max(choice["run_steps_per_s"].values())
-    assert choice["run_steps_per_s"][str(k)] >= 0.97 * best
+    # 12 runs: width 8 pads the working set to 16 slots, so its rate counts 12 / 16
+    useful = {int(w): r * (12 / (-(-12 // int(w)) * int(w))) for w, r in choice["run_steps_per_s"].items()}
+    assert useful[k] >= 0.97 * max(useful.values())
     monkeypatch.setattr(engine, "_MEASURED", {})  # a new process: the rates come from the file
     again, choice_again = tune_runs_per_batch(program, config.runs(), 12, cache)
     assert (again, choice_again["source"], choice_again["run_steps_per_s"]) == (k, "measured earlier",
