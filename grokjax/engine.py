@@ -211,10 +211,11 @@ def tune_runs_per_batch(program: Program, runs: list[SweepConfig], per_device: i
 
     An explicit ``train.runs_per_batch`` wins; an accelerator takes the device's whole share. On a
     CPU the best width depends on the model and the cache sizes (DESIGN.md), so it is measured:
-    widths 1, 8 and the device's share (at most 64), each as a vmapped step of the group's first
-    runs timed for about ``budget_s``; the best run-steps per second, discounted by the padding
-    slots the width adds to the working set, wins (the smaller width within 3 %). Rates are kept for the process and, with ``cache_file``, on disk, keyed by machine
-    and program, so a later launch measures only widths it has not seen."""
+    widths 1, 8 and the device's share (at most 64), each as a jitted step of the group's first
+    runs mapped as the grid maps them, timed for about ``budget_s``; the best run-steps per
+    second, discounted by the padding slots the width adds to the working set, wins (the smaller
+    width within 3 %). Rates are kept for the process and, with ``cache_file``, on disk, keyed by
+    machine, versions and program, so a later launch measures only widths it has not seen."""
     cfg = program.config
     if cfg.train.runs_per_batch:
         return min(cfg.train.runs_per_batch, per_device), dict(source="config")
@@ -269,12 +270,13 @@ def _version() -> str:
 
 
 def _run_steps_per_s(program: Program, runs: list[SweepConfig], state: RunState, k: int, budget_s: float) -> float:
-    """Run-steps per second of a jitted step vmapped over ``k`` runs (the group's settings; the
-    state, split and rows of its first run, which do not change the cost)."""
+    """Run-steps per second of a jitted step over ``k`` runs at vmap width ``k`` (the group's
+    settings; the state, split and rows of its first run, which do not change the cost)."""
     hp = hp_arrays([runs[i % len(runs)] for i in range(k)])
     states = jax.tree.map(lambda x: jnp.broadcast_to(x, (k, *x.shape)), state)
     mask = jnp.arange(program.task.size) < program.train_rows
     rows = None if program.config.train.batch_size else jnp.arange(program.train_rows)
+
     def step(states, hp):  # the steps of k runs, mapped as the grid maps them
         return map_runs(lambda s, h: program.train_step(s, h, mask, rows), (states, hp), k, k)
 
@@ -364,10 +366,11 @@ def bucket_sizes(width: int, unit: int) -> list[int]:
     return sizes
 
 
-def abstract_states(program: Program, n_runs: int, width: int, mesh: Mesh | None = None):
-    """Shapes, dtypes and shardings of a working set of ``width`` runs (a checkpoint's target)."""
+def abstract_states(program: Program, width: int, mesh: Mesh | None = None):
+    """Shapes, dtypes and shardings of a working set of ``width`` runs (a checkpoint's target);
+    they do not depend on the vmap width."""
     hp = hp_arrays([program.config] * width)
-    shapes = jax.eval_shape(make_grid_init(program, width, width, mesh), hp)  # shapes do not depend on the vmap width
+    shapes = jax.eval_shape(make_grid_init(program, width, width, mesh), hp)
     sharding = NamedSharding(mesh, P(RUN_AXIS)) if mesh is not None else \
         jax.sharding.SingleDeviceSharding(jax.devices()[0])
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)

@@ -220,8 +220,7 @@ def run_sweep(config: SweepConfig, out: str | Path | None = None, progress: bool
     restored = None
     if resume:
         checkpointer.check_config(config)
-        restored = checkpointer.restore(lambda meta: abstract_states(
-            program_of(meta["group"]), len(groups[meta["group"]]), meta["width"], mesh))
+        restored = checkpointer.restore(lambda meta: abstract_states(program_of(meta["group"]), meta["width"], mesh))
     group_meta: list[dict] = restored.meta["group_meta"] if restored else []
     first_group = restored.meta["group"] if restored else 0
     if restored:
