@@ -57,16 +57,22 @@ def test_draw_batch_stays_in_the_train_split():
 
 @pytest.mark.parametrize("runs_per_batch", [8, 3, 1])
 def test_run_in_a_grid_follows_the_same_curve_as_alone(sweep, runs_per_batch):
-    grid = sweep(train=dict(runs_per_batch=runs_per_batch),
-                 grid=dict(seed=[0, 1, 2, 3], weight_decay=[0.1, 1.0]))
-    together = grokjax.run_sweep(grid, progress=False)
-    assert len(together.runs) == 8
+    def curve(seeds, weight_decays):
+        config = sweep(train=dict(runs_per_batch=runs_per_batch), grid=dict(seed=seeds, weight_decay=weight_decays))
+        results = grokjax.run_sweep(config, progress=False)
+        assert len(results.runs) == len(seeds) * len(weight_decays)
+        return curves_of(results, results.runs.query("seed == 2 and weight_decay == 1.0").run_id.item())
+
+    in_grid = curve([0, 1, 2, 3], [0.1, 1.0])
+    # other neighbours (other seeds, a weight decay that keeps them from fitting), same vmap width:
+    # the same numbers
+    pd.testing.assert_frame_equal(in_grid, curve([2, 5, 6, 7], [1.0, 30.0]), rtol=1e-6, atol=1e-7)
+    # alone, the run is computed one at a time without a vmap, by other kernels: the same curve
+    # up to float rounding, which training amplifies a little
     alone = grokjax.run_sweep(sweep(task=dict(data_fraction=0.5), optimizer=dict(weight_decay=1.0),
                                     train=dict(seed=2)), progress=False)
-    in_grid = together.runs.query("seed == 2 and weight_decay == 1.0").run_id.item()
-    a, b = curves_of(together, in_grid), curves_of(alone, 0)
-    assert len(a) == len(b) == 6
-    pd.testing.assert_frame_equal(a, b, rtol=1e-4, atol=1e-5)
+    assert len(in_grid) == 6
+    pd.testing.assert_frame_equal(in_grid, curves_of(alone, 0), rtol=1e-2, atol=1e-4)
 
 
 # --- the phenomenon ---------------------------------------------------------------------------
@@ -206,7 +212,8 @@ SHARDED = """
 import sys, grokjax
 sys.path.insert(0, {tests!r})
 from conftest import make_sweep
-config = make_sweep(train=dict(steps=40, eval_every=10), grid=dict(lr=[1e-2, 1e20], seed=[0, 1, 2, 3, 4]))
+config = make_sweep(train=dict(steps=40, eval_every=10, runs_per_batch=1),
+                    grid=dict(lr=[1e-2, 1e20], seed=[0, 1, 2, 3, 4]))
 import jax
 assert len(jax.devices()) == 8, jax.devices()
 r = grokjax.run_sweep(config, progress=False, devices={devices}, max_runs_per_chunk={chunk})
@@ -222,7 +229,9 @@ def test_sharded_grid_equals_one_device(tmp_path, sweep, devices, chunk):
     import sys
     from pathlib import Path
 
-    config = sweep(train=dict(steps=40, eval_every=10), grid=dict(lr=[1e-2, 1e20], seed=[0, 1, 2, 3, 4]))
+    # one width everywhere (a measured one could differ between the processes): the same kernels
+    config = sweep(train=dict(steps=40, eval_every=10, runs_per_batch=1),
+                   grid=dict(lr=[1e-2, 1e20], seed=[0, 1, 2, 3, 4]))
     single = grokjax.run_sweep(config, progress=False)
     script = SHARDED.format(tests=str(Path(__file__).parent), out=str(tmp_path), devices=devices, chunk=chunk)
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
