@@ -165,25 +165,30 @@ def bench_torch(config: SweepConfig, w: dict, n_runs: int, ensemble_runs: list[i
     task = make_task(config.task.name, config.task.p)
     steps, batch, every = config.train.steps, w["batch_size"], config.train.eval_every
     args = (w["model"], task.inputs, task.labels, task.n_symbols)
+    # on the grid's kind of device: a GPU when JAX has one and this torch build can use it
+    device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
     out = {}
     for name, bf16 in (("torch_loop", False), ("torch_loop_bf16", True)):
-        torch_models.train_loop(*args, 2, batch, bf16=bf16, eval_every=1)  # warm-up
+        torch_models.train_loop(*args, 2, batch, bf16=bf16, eval_every=1, device=device)  # warm-up
         seconds, i = 0.0, 0
         while i < n_runs or seconds < min_seconds:
-            seconds += torch_models.train_loop(*args, steps, batch, seed=i, bf16=bf16, eval_every=every)["seconds"]
+            seconds += torch_models.train_loop(*args, steps, batch, seed=i, bf16=bf16, eval_every=every,
+                                               device=device)["seconds"]
             i += 1
         out[name] = dict(run_steps_per_s=i * steps / seconds, timed_runs=i)
     for r in ensemble_runs:
         try:
-            one = torch_models.train_ensemble(*args, 1, r, batch)
+            one = torch_models.train_ensemble(*args, 1, r, batch, device=device)
             n = int(min(steps, max(2, ensemble_budget_s // max(one, 1e-9))))
             # cut short, it skips the evaluation (in its favour) rather than evaluate more often
-            seconds = torch_models.train_ensemble(*args, n, r, batch, eval_every=every if n == steps else 0)
+            seconds = torch_models.train_ensemble(*args, n, r, batch, eval_every=every if n == steps else 0,
+                                                  device=device)
             out[f"torch_func_ensemble@{r}"] = dict(run_steps_per_s=r * n / seconds, runs=r, timed_steps=n,
                                                    evaluates=n == steps)
         except (RuntimeError, MemoryError) as e:  # too large for this machine
             print(f"  torch.func ensemble at {r} runs failed: {type(e).__name__}", file=sys.stderr)
     out["threads"] = torch.get_num_threads()
+    out["device"] = device
     return out
 
 
@@ -223,10 +228,11 @@ def run_benchmarks(out: str | Path = ".", quick: bool = False, workloads: list[s
         if importlib.util.find_spec("torch"):
             ensembles = [r for r in sizes["ensemble_runs"] if r <= max(grid_sizes)]
             result = bench_torch(config, w, sizes["loop_runs"], ensembles, min_seconds=min_seconds)
-            threads = result.pop("threads")
+            threads, torch_device = result.pop("threads"), result.pop("device")
             for impl, res in result.items():
                 impl, _, r = impl.partition("@")
-                add(impl, int(r) if r else res.pop("timed_runs"), dict(res, torch_threads=threads))
+                add(impl, int(r) if r else res.pop("timed_runs"), dict(res, torch_threads=threads,
+                                                                       torch_device=torch_device))
     write_report(records, Path(out))
     return records
 

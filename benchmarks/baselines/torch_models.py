@@ -61,7 +61,7 @@ class Transformer(nn.Module):
         self.unembed = nn.Linear(d_model, n_symbols + 1, bias=False)
 
     def forward(self, tokens):
-        eq = torch.full((tokens.shape[0], 1), self.n_symbols, dtype=tokens.dtype)
+        eq = torch.full((tokens.shape[0], 1), self.n_symbols, dtype=tokens.dtype, device=tokens.device)
         x = self.embed(torch.cat([tokens, eq], 1)) + self.pos
         return self.unembed(self.ln(self.blocks(x)[:, -1]))
 
@@ -91,51 +91,61 @@ def _batches(xt, yt, batch_size: int, steps: int):
             yield xt, yt
 
 
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 @torch.no_grad()
 def evaluate(forward, x, y, mask, bf16: bool = False) -> tuple[float, float]:
     """Train and test accuracy on the whole table, read back to the host (as published code
     logs them)."""
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
         correct = (forward(x).argmax(-1) == y).float()
     return correct[mask].mean().item(), correct[~mask].mean().item()
 
 
 def train_loop(model_cfg: dict, inputs: np.ndarray, labels: np.ndarray, n_symbols: int, steps: int,
                batch_size: int = 0, lr: float = 1e-3, weight_decay: float = 1.0, fraction: float = 0.5,
-               seed: int = 0, bf16: bool = False, eval_every: int = 0, betas=(0.9, 0.98)) -> dict:
+               seed: int = 0, bf16: bool = False, eval_every: int = 0, betas=(0.9, 0.98),
+               device: str = "cpu") -> dict:
     """One run, published-code style, evaluating on the whole table every ``eval_every`` steps.
     Returns the training seconds and the curve [(step, train_acc, test_acc)]."""
     torch.manual_seed(seed)
-    model = build(model_cfg, n_symbols)
+    model = build(model_cfg, n_symbols).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=betas)
     x, y = torch.as_tensor(inputs, dtype=torch.long), torch.as_tensor(labels, dtype=torch.long)
     mask = _split(y, fraction, seed)
+    x, y, mask = x.to(device), y.to(device), mask.to(device)
     curve = []
+    _sync(device)
     t0 = time.perf_counter()
     for step, (xb, yb) in enumerate(_batches(x[mask], y[mask], batch_size, steps), 1):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = nn.functional.cross_entropy(model(xb).float(), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if eval_every and step % eval_every == 0:
             curve.append((step, *evaluate(model, x, y, mask, bf16)))
+    _sync(device)
     return dict(seconds=time.perf_counter() - t0, curve=curve)
 
 
 def train_ensemble(model_cfg: dict, inputs: np.ndarray, labels: np.ndarray, n_symbols: int, steps: int, runs: int,
                    batch_size: int = 0, lr: float = 1e-3, weight_decay: float = 1.0, fraction: float = 0.5,
-                   eval_every: int = 0) -> float:
+                   eval_every: int = 0, device: str = "cpu") -> float:
     """``runs`` models stacked with torch.func and trained together (vmap of a functional call),
     evaluated together every ``eval_every`` steps. Every run here shares one split, which flatters
     this baseline. Returns seconds."""
     from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
-    models = [build(model_cfg, n_symbols) for _ in range(runs)]
+    models = [build(model_cfg, n_symbols).to(device) for _ in range(runs)]
     params, buffers = stack_module_state(models)
     base = build(model_cfg, n_symbols).to("meta")
     x, y = torch.as_tensor(inputs, dtype=torch.long), torch.as_tensor(labels, dtype=torch.long)
     mask = _split(y, fraction, seed=0)
+    x, y, mask = x.to(device), y.to(device), mask.to(device)
 
     def loss_fn(p, b, xb, yb):
         return nn.functional.cross_entropy(functional_call(base, (p, b), (xb,)), yb)
@@ -144,6 +154,7 @@ def train_ensemble(model_cfg: dict, inputs: np.ndarray, labels: np.ndarray, n_sy
     forward = vmap(lambda p, b, xb: functional_call(base, (p, b), (xb,)), in_dims=(0, 0, None))
     leaves = list(params.values())
     opt = torch.optim.AdamW(leaves, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
+    _sync(device)
     t0 = time.perf_counter()
     for step, (xb, yb) in enumerate(_batches(x[mask], y[mask], batch_size, steps), 1):
         grads, _ = step_fn(params, buffers, xb, yb)
@@ -152,4 +163,5 @@ def train_ensemble(model_cfg: dict, inputs: np.ndarray, labels: np.ndarray, n_sy
         opt.step()
         if eval_every and step % eval_every == 0:
             evaluate(lambda xs: forward(params, buffers, xs), x, y.expand(runs, -1), mask.expand(runs, -1))
+    _sync(device)
     return time.perf_counter() - t0
