@@ -68,11 +68,15 @@ def test_run_in_a_grid_follows_the_same_curve_as_alone(sweep, runs_per_batch):
     # the same numbers
     pd.testing.assert_frame_equal(in_grid, curve([2, 5, 6, 7], [1.0, 30.0]), rtol=1e-6, atol=1e-7)
     # alone, the run is computed one at a time without a vmap, by other kernels: the same curve
-    # up to float rounding, which training amplifies a little
+    # up to float rounding, which training amplifies a little (about 1e-3 of the loss by step 60)
     alone = grokjax.run_sweep(sweep(task=dict(data_fraction=0.5), optimizer=dict(weight_decay=1.0),
                                     train=dict(seed=2)), progress=False)
     assert len(in_grid) == 6
-    pd.testing.assert_frame_equal(in_grid, curves_of(alone, 0), rtol=1e-2, atol=1e-4)
+    alone, accuracies = curves_of(alone, 0), ["train_acc", "test_acc"]
+    pd.testing.assert_frame_equal(in_grid.drop(columns=accuracies), alone.drop(columns=accuracies),
+                                  rtol=3e-3, atol=1e-4)  # measured: <= 1e-3
+    # accuracies: at most one of the ~264 examples on either side of its decision boundary
+    np.testing.assert_allclose(in_grid[accuracies], alone[accuracies], rtol=0, atol=1.01 / 264)
 
 
 # --- the phenomenon ---------------------------------------------------------------------------
