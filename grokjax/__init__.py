@@ -1,10 +1,14 @@
 """grokjax: train whole grids of small grokking models as one compiled JAX program."""
 
 from grokjax import analysis
+from grokjax.contract import check_plugins
+from grokjax.errors import SweepError
+from grokjax.plugins import register, register_loss, register_model, register_optimizer, register_task
 from grokjax.results import Results, load_results
 from grokjax.run import run_sweep
-from grokjax.sweep import SweepConfig, SweepError, load_sweep, sweep_from_dict
-from grokjax.tasks import TASK_NAMES, make_task
+from grokjax.sweep import SweepConfig, load_sweep, sweep_from_dict
+from grokjax.tasks import TASK_NAMES, Task, make_task
 
 __all__ = ["SweepConfig", "SweepError", "load_sweep", "sweep_from_dict", "run_sweep", "load_results", "Results",
-           "make_task", "TASK_NAMES", "analysis"]
+           "Task", "make_task", "TASK_NAMES", "analysis", "register", "register_task", "register_model",
+           "register_loss", "register_optimizer", "check_plugins"]

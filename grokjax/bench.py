@@ -23,11 +23,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from grokjax.engine import Program, hp_arrays, split_mask
-from grokjax.metrics import evaluate
+from grokjax.experiment import build_program, one_run, run_settings
+from grokjax.plugins import build_task
+from grokjax.program import split_mask, train_size
 from grokjax.run import run_sweep
 from grokjax.sweep import SweepConfig, sweep_from_dict
-from grokjax.tasks import make_task
 
 WORKLOADS = {
     "W1": dict(description="small MLP: x+y mod 23, full batch", task=dict(name="add", p=23),
@@ -63,15 +63,15 @@ def workload_config(name: str, runs: int, steps: int) -> SweepConfig:
 
 def naive_flops_per_step(config: SweepConfig) -> float:
     """Matmul FLOPs of one training step of the textbook model (3 x forward)."""
-    task = make_task(config.task.name, config.task.p)
-    rows = config.train.batch_size or round(config.task.data_fraction * task.size)  # the training set
-    m, c = config.model, task.n_symbols
+    task = build_task(config.task.name, config.task.settings)
+    rows = config.train.batch_size or train_size(config.task.data_fraction, task.size)  # the training set
+    m, c = config.model, task.n_classes
     if m.name == "mlp":
         per_row = 2 * 2 * m.embed_dim * m.width + 2 * m.width * m.width * (m.depth - 1) + 2 * m.width * c
     else:
         t, d = 3, m.d_model
         per_layer = t * (2 * 4 * d * d + 2 * 2 * d * m.d_mlp) + 2 * 2 * t * t * d
-        per_row = m.n_layers * per_layer + 2 * d * (c + 1)
+        per_row = m.n_layers * per_layer + 2 * d * c
     return 3.0 * rows * per_row
 
 
@@ -111,12 +111,11 @@ def bench_jax_loops(config: SweepConfig, n_runs: int, min_seconds: float = 1.0) 
     ``eval_every`` steps; (b) each run trained by one jitted scan over all its steps and
     evaluations (the grid's own per-run program, alone)."""
     runs = config.runs()
-    program = Program.build(runs[0], runs)
+    program = build_program(runs[0], runs)
     steps, every = config.train.steps, config.train.eval_every
-    inputs, labels = program.task.inputs, program.task.labels
-    hp_all = hp_arrays(runs)
+    hp_all = run_settings(runs)
     step = jax.jit(program.train_step, donate_argnums=0)
-    evaluate_fn = jax.jit(lambda params, mask: evaluate(program.apply(params, inputs), labels, mask, params))
+    evaluate_fn = jax.jit(program.evaluate)
     scan = jax.jit(lambda s, h: program.train_period(s, h, steps // every), donate_argnums=0)
     init = jax.jit(program.init_run)
     mask_of = jax.jit(split_mask, static_argnums=2)
@@ -132,8 +131,8 @@ def bench_jax_loops(config: SweepConfig, n_runs: int, min_seconds: float = 1.0) 
     for name in ("jax_loop_step", "jax_loop_scan"):
         seconds, i = 0.0, 0
         while i < n_runs or seconds < min_seconds:  # at least n_runs runs and min_seconds of training
-            hp = {k: v[i % len(runs)] for k, v in hp_all.items()}
-            mask = mask_of(hp["seed"], hp["data_fraction"], program.task.size)
+            hp = one_run(hp_all, i % len(runs))
+            mask = mask_of(hp.seed, hp.data_fraction, program.task.size)
             rows = None if config.train.batch_size else program.train_rows_of(mask)  # the train set, once
             if i == 0:  # compile outside the timed region
                 warm = init(hp)
@@ -162,7 +161,7 @@ def bench_torch(config: SweepConfig, w: dict, n_runs: int, ensemble_runs: list[i
     import torch
     import torch_models
 
-    task = make_task(config.task.name, config.task.p)
+    task = build_task(config.task.name, config.task.settings)
     steps, batch, every = config.train.steps, w["batch_size"], config.train.eval_every
     args = (w["model"], task.inputs, task.labels, task.n_symbols)
     # on the grid's kind of device: a GPU when JAX has one and this torch build can use it

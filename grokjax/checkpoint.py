@@ -23,14 +23,7 @@ ITEMS = ("state", "host", "meta")
 
 def config_fingerprint(config: SweepConfig) -> dict[str, Any]:
     """The settings that decide results (not the name or description), flattened to dotted keys."""
-    raw = dataclasses.asdict(config)
-    raw.pop("name"), raw.pop("description")
-    raw["grid"] = {k: list(v) for k, v in config.grid}
-    flat = {}
-    for section, values in raw.items():
-        if isinstance(values, dict):
-            flat.update({f"{section}.{k}": v for k, v in values.items()})
-    return json.loads(json.dumps(flat))
+    return json.loads(json.dumps(config.flat(), default=list))
 
 
 def describe_changes(saved: dict, current: dict) -> list[str]:

@@ -16,7 +16,7 @@ from grokjax.analysis import METRICS, cell_summary
 from grokjax.plots import FORMATS, default_axes, plot_results
 from grokjax.results import load_results
 from grokjax.run import Interrupted, enable_compilation_cache, run_sweep
-from grokjax.sweep import AXIS_FIELDS, SweepError, load_sweep
+from grokjax.sweep import FIELDS, SweepError, load_sweep
 
 EXIT_BAD_INPUT = 2
 
@@ -92,7 +92,8 @@ def _axes_of(path: Path, runs) -> tuple[str | None, str | None]:
     try:
         axes = default_axes(load_sweep(path / "sweep.toml").grid)
     except SweepError:
-        varying = tuple((k, tuple(runs[k].unique())) for k in AXIS_FIELDS if k in runs and runs[k].nunique() > 1)
+        settings = runs.columns[:runs.columns.get_loc("memorize_step")] if "memorize_step" in runs else []
+        varying = tuple((k, tuple(runs[k].unique())) for k in settings if k != "run_id" and runs[k].nunique() > 1)
         axes = default_axes(varying)
     return axes or (None, None)
 
@@ -154,7 +155,8 @@ def _info(args) -> int:
     for row in describe_settings():
         star = "*" if row["per_run"] else " "
         print(f" {star} {row['section']}.{row['key']} = {row['default']!r}; {row['allowed']}; {row['doc']}")
-    print(f"\ngrid axes: {', '.join(AXIS_FIELDS)}")
+    print("\nany setting above but [events] and runs_per_batch may be a grid axis; a plug-in named by import path "
+          "takes its own keyword arguments as settings")
     return 0
 
 

@@ -1,10 +1,13 @@
 """Per-run evaluation metrics, events (memorize / grok steps) and phases.
 
 ``evaluate`` and ``update_events`` are pure functions of one run, used inside the jitted grid;
-``classify_phases`` runs on the host over the tidy results table (FIELD.md definitions).
+``classify_phases`` runs on the host over the tidy results table.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -32,19 +35,27 @@ class Events:
         return cls(never, never, jnp.array(0, jnp.int32), jnp.array(False), jnp.array(False), never)
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Per-example cross-entropy computed in float32 at least."""
-    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+@dataclasses.dataclass(frozen=True)
+class EventRule:
+    """When events happen and when a run is done (the ``[events]`` settings)."""
+
+    memorize_threshold: float = 0.99
+    grok_threshold: float = 0.99
+    patience: int = 3
+    stop_early: bool = True
 
 
-LOSSES = {"cross_entropy": cross_entropy}  # train.loss chooses; each maps (logits, labels) -> [B]
-
-
-def evaluate(logits: jax.Array, labels: jax.Array, train_mask: jax.Array, params) -> dict[str, jax.Array]:
-    """Train/test loss and accuracy over the full table, split by the run's mask."""
-    loss = cross_entropy(logits, labels)
-    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+def evaluate(outputs: jax.Array, labels: jax.Array, train_mask: jax.Array, params, loss_fn: Callable,
+             regression: bool = False, tolerance: float = 0.5) -> dict[str, jax.Array]:
+    """Train/test loss (the training loss ``loss_fn``) and accuracy over the full table, split by
+    the run's mask. Accuracy: the argmax is the label; for regression, every output within
+    ``tolerance`` of its target."""
+    loss = loss_fn(outputs, labels).astype(jnp.float32)
+    if regression:
+        correct = jnp.all(jnp.abs(outputs - labels) < tolerance, axis=-1)
+    else:
+        correct = jnp.argmax(outputs, -1) == labels
+    correct = correct.astype(jnp.float32)
     train = train_mask.astype(jnp.float32)
     test = 1.0 - train
 
@@ -60,23 +71,22 @@ def evaluate(logits: jax.Array, labels: jax.Array, train_mask: jax.Array, params
     )
 
 
-def update_events(events: Events, metrics: dict, step, active, *, memorize_threshold, grok_threshold,
-                  patience) -> Events:
+def update_events(events: Events, metrics: dict, step, active, rule: EventRule) -> Events:
     """Record first crossings at evaluated ``step``; a run that is not active changes nothing."""
-    memorized = active & (events.memorize_step == NEVER) & (metrics["train_acc"] >= memorize_threshold)
-    generalizes = metrics["test_acc"] >= grok_threshold
+    memorized = active & (events.memorize_step == NEVER) & (metrics["train_acc"] >= rule.memorize_threshold)
+    generalizes = metrics["test_acc"] >= rule.grok_threshold
     grokked = active & (events.grok_step == NEVER) & generalizes
     streak = jnp.where(active, jnp.where(generalizes, events.streak + 1, 0), events.streak)
     return events.replace(
         memorize_step=jnp.where(memorized, step, events.memorize_step).astype(jnp.int32),
         grok_step=jnp.where(grokked, step, events.grok_step).astype(jnp.int32),
         streak=streak.astype(jnp.int32),
-        done=events.done | (streak >= patience),
+        done=events.done | (streak >= rule.patience),
     )
 
 
 def classify_phases(memorize_step, grok_step, diverged, gap) -> np.ndarray:
-    """FIELD.md phases from per-run event steps (NaN or NEVER where never reached).
+    """Phases (Liu et al. 2022) from per-run event steps (NaN or NEVER where never reached).
 
     comprehension: both reached, grok_step - memorize_step <= gap; grokking: delay > gap;
     memorization: only train accuracy reached; confusion: train accuracy never reached;

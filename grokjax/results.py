@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from grokjax.metrics import CURVE_METRICS, NEVER, classify_phases
-from grokjax.sweep import PER_RUN_FIELDS, SweepConfig
+from grokjax.sweep import SweepConfig
 
 RUNS_FILE, CURVES_FILE, META_FILE, SWEEP_FILE = "runs.parquet", "curves.parquet", "meta.json", "sweep.toml"
 
@@ -39,16 +39,14 @@ def curves_table(curve_parts: list[dict]) -> pd.DataFrame:
 
 def runs_table(config: SweepConfig, run_ids, runs: list[SweepConfig], events: dict[str, np.ndarray],
                curves: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: its settings, events, phase and final metrics (last evaluation it trained).
-    ``runs`` and the ``events`` arrays are aligned with ``run_ids``."""
-    static_axes = [k for k, _ in config.grid if k not in PER_RUN_FIELDS]
-    settings = [*PER_RUN_FIELDS, *static_axes]
+    """One row per run: its settings (plug-in names, per-run settings, every plug-in setting),
+    events, phase and final metrics (last evaluation it trained). ``runs`` and the ``events``
+    arrays are aligned with ``run_ids``."""
     df = pd.DataFrame({"run_id": np.asarray(run_ids, dtype=np.int64)})
-    df["task"] = [r.task.name for r in runs]
-    df["p"] = [r.task.p for r in runs]
-    df["model"] = [r.model.name for r in runs]
-    df["optimizer"] = [r.optimizer.name for r in runs]
-    for key in settings:
+    rows = [r.columns() for r in runs]
+    for key in dict.fromkeys(k for row in rows for k in row):  # plug-ins of a name axis may differ
+        df[key] = [row.get(key) for row in rows]
+    for key, _ in config.grid:  # static axes from [train] (steps, batch_size, ...)
         if key not in df:
             df[key] = [r.get(key) for r in runs]
     df["memorize_step"] = _steps(events["memorize_step"])

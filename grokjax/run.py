@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import importlib.metadata
 import os
@@ -21,8 +22,10 @@ from jax.sharding import Mesh
 import pandas as pd
 
 from grokjax.checkpoint import SweepCheckpointer, config_fingerprint
-from grokjax.engine import RUN_AXIS, GroupState, Program, Round, Stop, abstract_states, train_group
+from grokjax.experiment import build_program, run_settings
+from grokjax.program import RUN_AXIS, Program, RunSettings
 from grokjax.results import Results, curves_table, runs_table, write_results
+from grokjax.scheduler import GroupState, Round, Stop, abstract_states, train_group
 from grokjax.sweep import SweepConfig, SweepError
 
 _PACKAGES = ("grokjax", "jax", "jaxlib", "flax", "optax", "numpy", "pandas", "pyarrow")
@@ -168,6 +171,50 @@ class Interrupted(Exception):
         super().__init__(f"stopped by signal {signum}")
 
 
+@dataclasses.dataclass
+class Group:
+    """Runs that share one program: their global ids, the program and their settings [R]."""
+
+    run_ids: list[int]
+    program: Program
+    settings: RunSettings
+
+
+class Session:
+    """The host side of a sweep between rounds: records each round, reports progress, saves a
+    checkpoint every ``checkpoint_every`` evaluations and on a stop signal."""
+
+    def __init__(self, config: SweepConfig, recorder: Recorder, reporter: Callable | None, n_runs: int,
+                 checkpointer: SweepCheckpointer | None, checkpoint_every: int, group_meta: list[dict]):
+        self.config, self.recorder, self.reporter, self.n_runs = config, recorder, reporter, n_runs
+        self.checkpointer, self.checkpoint_every, self.group_meta = checkpointer, checkpoint_every, group_meta
+        self.saves = max(checkpointer.steps(), default=-1) + 1 if checkpointer is not None else 0
+        self.evals_since_save = 0
+        self.stop_signal: list[int] = []  # filled by the signal handler
+
+    def on_round(self, g: int, round_: Round, state: GroupState) -> None:
+        self.recorder.record(round_)
+        if self.reporter:
+            self.reporter(dict(step=round_.step, runs=self.n_runs, **self.recorder.counts(),
+                               run_steps=round_.run_steps, seconds=round_.seconds, last=round_.last), group=g)
+        if self.checkpointer is None:
+            return
+        self.evals_since_save += round_.evals
+        if self.stop_signal or self.evals_since_save >= self.checkpoint_every:
+            self.save(g, state)
+        if self.stop_signal:
+            raise Stop
+
+    def save(self, g: int, state: GroupState) -> None:
+        self.checkpointer.save(self.saves, state.states, {**self.recorder.host_arrays(), "slots": state.slots},
+                               dict(group=g, width=len(state.slots), next_run=state.next_run,
+                                    run_steps=state.run_steps, base_width=state.base_width,
+                                    runs_per_batch=state.runs_per_batch, group_meta=self.group_meta,
+                                    config=config_fingerprint(self.config)))
+        self.saves += 1
+        self.evals_since_save = 0
+
+
 def run_sweep(config: SweepConfig, out: str | Path | None = None, progress: bool | Callable = True,
               sweep_text: str | None = None, write_every_s: float = 30.0, devices: int | None = None,
               max_runs_per_chunk: int | None = None, checkpoint_every: int = 0, resume: bool = False,
@@ -185,33 +232,22 @@ def run_sweep(config: SweepConfig, out: str | Path | None = None, progress: bool
     ``resume``: continue from the newest readable checkpoint (refused if the settings changed);
     ``tune_cache``: file keeping the measured vmap widths (default: beside the persistent
     compilation cache when one is enabled; None: measure again each launch).
+    Every group's plug-ins are built and traced before anything trains or is written.
     """
+    if not isinstance(config, SweepConfig):
+        raise SweepError(f"run_sweep needs a SweepConfig (from load_sweep or sweep_from_dict), got "
+                         f"{type(config).__name__}")
     if tune_cache == "auto":
         cache_dir = jax.config.jax_compilation_cache_dir
         tune_cache = Path(cache_dir) / "grokjax_runs_per_batch.json" if cache_dir else None
-    started = datetime.datetime.now(datetime.timezone.utc)
-    t_start = time.perf_counter()
+    started, t_start = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
     runs = config.runs()
-    groups = group_runs(runs)
-    if progress is True:
-        reporter = ProgressLine(max(r.train.steps for r in runs), len(groups))
-    elif callable(progress):
-        reporter = lambda info, group: progress(info)  # noqa: E731
-    else:
-        reporter = None
+    groups = [Group(ids, build_program(runs[ids[0]], [runs[i] for i in ids]), run_settings([runs[i] for i in ids]))
+              for ids in group_runs(runs)]
     primary = jax.process_index() == 0  # in a multi-host run, process 0 reports and writes
     out = Path(out) if out is not None else None
     recorder = Recorder(config, runs, out if primary else None, sweep_text, write_every_s)
-    if not primary:
-        reporter = None
     mesh = make_mesh(devices)
-    programs = {}
-
-    def program_of(g: int) -> Program:
-        if g not in programs:
-            programs[g] = Program.build(runs[groups[g][0]], [runs[i] for i in groups[g]])
-        return programs[g]
-
     if out is not None and primary and not resume and (out / "checkpoints").exists():
         shutil.rmtree(out / "checkpoints")  # a fresh start: the old sweep's checkpoints no longer apply
     checkpointer = SweepCheckpointer(out / "checkpoints") if out is not None and checkpoint_every > 0 else None
@@ -220,69 +256,58 @@ def run_sweep(config: SweepConfig, out: str | Path | None = None, progress: bool
     restored = None
     if resume:
         checkpointer.check_config(config)
-        restored = checkpointer.restore(lambda meta: abstract_states(program_of(meta["group"]), meta["width"], mesh))
+        restored = checkpointer.restore(lambda meta: abstract_states(
+            groups[meta["group"]].program, groups[meta["group"]].settings, meta["width"], mesh))
     group_meta: list[dict] = restored.meta["group_meta"] if restored else []
-    first_group = restored.meta["group"] if restored else 0
     if restored:
         recorder.load(restored.host)
-    saves = max(checkpointer.steps(), default=-1) + 1 if checkpointer is not None else 0
-    stop_signal: list[int] = []
-    evals_since_save = 0
-
-    def save(g: int, state: GroupState) -> None:
-        nonlocal saves, evals_since_save
-        checkpointer.save(saves, state.states, {**recorder.host_arrays(), "slots": state.slots},
-                          dict(group=g, width=len(state.slots), next_run=state.next_run, run_steps=state.run_steps,
-                               base_width=state.base_width, runs_per_batch=state.runs_per_batch,
-                               group_meta=group_meta,
-                               config=config_fingerprint(config)))
-        saves += 1
-        evals_since_save = 0
-
-    for g in range(first_group, len(groups)):
-        run_ids = groups[g]
-
-        def on_round(round_: Round, state: GroupState, g=g) -> None:
-            nonlocal evals_since_save
-            recorder.record(round_)
-            if reporter:
-                reporter(dict(step=round_.step, runs=len(runs), **recorder.counts(), run_steps=round_.run_steps,
-                              seconds=round_.seconds, last=round_.last), group=g)
-            if checkpointer is None:
-                return
-            evals_since_save += round_.evals
-            if stop_signal or evals_since_save >= checkpoint_every:
-                save(g, state)
-            if stop_signal:
-                raise Stop
-
+    session = Session(config, recorder, _reporter(progress, runs, len(groups)) if primary else None, len(runs),
+                      checkpointer, checkpoint_every, group_meta)
+    for g in range(restored.meta["group"] if restored else 0, len(groups)):
+        group = groups[g]
         resume_state = None
-        if restored and g == first_group:
-            h = restored.host
-            resume_state = GroupState(restored.state, h["slots"], restored.meta["next_run"],
-                                      restored.meta["run_steps"], restored.meta["base_width"],
-                                      restored.meta.get("runs_per_batch", 0))
-        with _stop_on_signals(stop_signal, enabled=checkpointer is not None):
+        if restored and g == restored.meta["group"]:
+            m = restored.meta
+            resume_state = GroupState(restored.state, restored.host["slots"], m["next_run"], m["run_steps"],
+                                      m["base_width"], m.get("runs_per_batch", 0))
+        with _stop_on_signals(session.stop_signal, enabled=checkpointer is not None):
             try:
-                stats = train_group(program_of(g), [runs[i] for i in run_ids], run_ids, on_round, mesh=mesh,
+                stats = train_group(group.program, group.settings, group.run_ids,
+                                    lambda round_, state, g=g: session.on_round(g, round_, state), mesh=mesh,
                                     max_runs_per_chunk=max_runs_per_chunk, resume=resume_state, repack=repack,
+                                    runs_per_batch=runs[group.run_ids[0]].train.runs_per_batch,
                                     tune_cache=tune_cache)
             except Stop:
                 recorder.write(dict(complete=False))
-                raise Interrupted(stop_signal[0], checkpointer.directory) from None
-        group_meta.append(dict(runs=len(run_ids), runs_per_batch=stats.runs_per_batch,
+                raise Interrupted(session.stop_signal[0], checkpointer.directory) from None
+        group_meta.append(dict(runs=len(group.run_ids), runs_per_batch=stats.runs_per_batch,
                                runs_per_batch_choice=stats.runs_per_batch_choice, widths=stats.widths,
                                devices=stats.devices, compile_time_s=round(stats.compile_time_s, 3),
                                train_time_s=round(stats.train_time_s, 3), run_steps=stats.run_steps,
                                slot_steps=stats.slot_steps))
-
     table, curves = recorder.tables()
+    meta = _meta(config, runs, group_meta, table, mesh, started, t_start, restored.step if restored else None)
+    if out is not None and primary:
+        write_results(out, table, curves, meta, sweep_text)
+    return Results(table, curves, meta)
+
+
+def _reporter(progress: bool | Callable, runs: list[SweepConfig], n_groups: int):
+    if progress is True:
+        return ProgressLine(max(r.train.steps for r in runs), n_groups)
+    if callable(progress):
+        return lambda info, group: progress(info)
+    return None
+
+
+def _meta(config: SweepConfig, runs: list, group_meta: list[dict], table: pd.DataFrame, mesh: Mesh | None,
+          started: datetime.datetime, t_start: float, resumed_from: int | None) -> dict:
     train_time = sum(g["train_time_s"] for g in group_meta)
     run_steps = sum(g["run_steps"] for g in group_meta)
-    meta = dict(
+    return dict(
         name=config.name,
         complete=True,
-        resumed_from_checkpoint=restored.step if restored else None,
+        resumed_from_checkpoint=resumed_from,
         started_at=started.isoformat(timespec="seconds"),
         runs=len(runs),
         groups=group_meta,
@@ -300,9 +325,6 @@ def run_sweep(config: SweepConfig, out: str | Path | None = None, progress: bool
         host=dict(machine=platform.machine(), processor=platform.processor(), cpus=_cpu_count()),
         versions=package_versions(),
     )
-    if out is not None and primary:
-        write_results(out, table, curves, meta, sweep_text)
-    return Results(table, curves, meta)
 
 
 @contextlib.contextmanager

@@ -2,10 +2,15 @@
 
 A sweep file has the sections ``[task] [model] [optimizer] [train] [events]`` and a ``[grid]``
 whose keys are setting names (``data_fraction`` or ``task.data_fraction``) mapped to lists; the
-grid is their Cartesian product. Settings marked ``per_run`` become arrays along the run axis
-(one compiled program for all their values); other numeric settings that are grid axes (``p``,
-``width``, ``steps``, ...) change shapes, so each of their combinations is its own group, compiled
-once. Every field's metadata (bounds, choices, doc) drives validation and ``grokjax info``.
+grid is their Cartesian product.
+
+Each of ``[task] [model] [optimizer]`` names a plug-in (``name``: a built-in, or an import path
+``package.module:attribute``; see ``plugins``); its other keys are either the engine's own
+settings of that section (below) or the plug-in's keyword arguments, validated against its
+signature. Settings that are per run become arrays along the run axis (one compiled program for
+all their values): the engine's fields marked ``per_run`` and every float setting of the
+optimizer. Every other setting that is a grid axis (``p``, ``width``, ``steps``, a task's name)
+changes the program, so each of its values is its own group, compiled once.
 """
 
 from __future__ import annotations
@@ -16,72 +21,90 @@ import itertools
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from grokjax.models import ACTIVATIONS, MODEL_NAMES
-from grokjax.optim import OPTIMIZER_HPARAMS, OPTIMIZER_NAMES
-from grokjax.tasks import TASK_NAMES, describe_tasks, is_prime, make_task, task_needs_prime
+from grokjax.errors import SweepError
+from grokjax.optim import SCHEDULES
+from grokjax.plugins import (BUILTINS, build_task, call_factory, check_settings, convert_setting, name_of, resolve,
+                             scalar_defaults, settings_of, takes_any_keyword)
+from grokjax.tasks import describe_tasks
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-
-class SweepError(ValueError):
-    """Bad sweep input; the message names the field and what is allowed."""
+INT32_MAX = 2**31 - 1  # step counters, seeds and indices are int32 inside the program
 
 
-def _field(default, doc, *, ge=None, gt=None, le=None, lt=None, choices=None, per_run=False, models=None,
-           optimizers=None):
-    meta = dict(doc=doc, ge=ge, gt=gt, le=le, lt=lt, choices=choices, per_run=per_run, models=models,
-                optimizers=optimizers)
+def _field(default, doc, *, ge=None, gt=None, le=None, lt=None, choices=None, per_run=False):
+    meta = dict(doc=doc, ge=ge, gt=gt, le=le, lt=lt, choices=choices, per_run=per_run)
     return dataclasses.field(default=default, metadata=meta)
 
 
+Settings = tuple  # ((key, value), ...): a plug-in's keyword arguments, in file order
+
+
+class _PluginSection:
+    """A section that names a plug-in: its keyword arguments read like fields
+    (``config.model.width``), the plug-in's own default where the sweep does not set one."""
+
+    kind: ClassVar[str]
+
+    def __getattr__(self, key: str):
+        if key.startswith("_"):
+            raise AttributeError(key)
+        settings = dict(object.__getattribute__(self, "settings"))
+        if key in settings:
+            return settings[key]
+        param = settings_of(self.kind, resolve(self.kind, self.name)).get(key)
+        if param is not None and param.default is not param.empty:
+            return param.default
+        raise AttributeError(f"{self.kind} '{self.name}' has no setting '{key}'")
+
+
 @dataclasses.dataclass(frozen=True)
-class TaskConfig:
-    name: str = _field("add", "operation (see the task table)", choices=TASK_NAMES)
-    p: int = _field(97, "modulus; prime for div and div_or_sub; ignored by s5_* tasks", ge=2)
+class TaskConfig(_PluginSection):
+    kind: ClassVar[str] = "task"
+    name: str = _field("add", "the task: a built-in (see the task table) or package.module:attribute")
     data_fraction: float = _field(0.5, "fraction of the table used for training", gt=0.0, lt=1.0, per_run=True)
+    settings: Settings = ()
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    name: str = _field("mlp", "mlp or transformer", choices=MODEL_NAMES)
-    activation: str = _field("relu", "hidden activation", choices=tuple(ACTIVATIONS))
+class ModelConfig(_PluginSection):
+    kind: ClassVar[str] = "model"
+    name: str = _field("mlp", "the model: mlp, transformer or package.module:attribute")
     init_scale: float = _field(1.0, "multiplies every initial weight (Omnigrok's alpha)", gt=0.0, per_run=True)
-    embed_dim: int = _field(128, "MLP: embedding size of each operand", ge=1, models=("mlp",))
-    width: int = _field(512, "MLP: hidden width", ge=1, models=("mlp",))
-    depth: int = _field(1, "MLP: number of hidden layers", ge=1, models=("mlp",))
-    n_layers: int = _field(1, "transformer: layers", ge=1, le=8, models=("transformer",))
-    d_model: int = _field(128, "transformer: residual width", ge=1, models=("transformer",))
-    n_heads: int = _field(4, "transformer: attention heads (divides d_model)", ge=1, models=("transformer",))
-    d_mlp: int = _field(512, "transformer: MLP width", ge=1, models=("transformer",))
-    layer_norm: bool = _field(False, "transformer: pre-LayerNorm in each block", models=("transformer",))
+    settings: Settings = ()
 
 
 @dataclasses.dataclass(frozen=True)
-class OptimizerConfig:
-    name: str = _field("adamw", "adamw or sgd (with momentum)", choices=OPTIMIZER_NAMES)
-    lr: float = _field(1e-3, "learning rate", gt=0.0, per_run=True)
-    weight_decay: float = _field(1.0, "decoupled decay: w -= lr * weight_decay * w", ge=0.0, per_run=True)
-    warmup_steps: int = _field(0, "linear learning-rate warm-up steps", ge=0, per_run=True)
-    beta1: float = _field(0.9, "AdamW first-moment decay", ge=0.0, lt=1.0, per_run=True, optimizers=("adamw",))
-    beta2: float = _field(0.98, "AdamW second-moment decay", ge=0.0, lt=1.0, per_run=True, optimizers=("adamw",))
-    eps: float = _field(1e-8, "AdamW epsilon", gt=0.0, per_run=True, optimizers=("adamw",))
-    momentum: float = _field(0.9, "SGD momentum", ge=0.0, lt=1.0, per_run=True, optimizers=("sgd",))
+class OptimizerConfig(_PluginSection):
+    kind: ClassVar[str] = "optimizer"
+    name: str = _field("adamw", "adamw or sgd (grokjax presets), any optax optimizer (lion, adam, ...) "
+                                "or package.module:attribute")
+    lr: float = _field(1e-3, "learning rate (the factory's learning_rate, through the schedule)", gt=0.0,
+                       per_run=True)
+    warmup_steps: int = _field(0, "linear learning-rate warm-up steps", ge=0, le=INT32_MAX, per_run=True)
+    schedule: str = _field("constant", "after warm-up: constant, or a cosine or linear decay to 0",
+                           choices=SCHEDULES)
+    decay_steps: int = _field(0, "length of the decay after warm-up; 0: the rest of the budget", ge=0,
+                              le=INT32_MAX, per_run=True)
+    settings: Settings = ()
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    steps: int = _field(1000, "training steps per run (the budget)", ge=1)
-    eval_every: int = _field(10, "steps between evaluations; divides steps", ge=1)
-    batch_size: int = _field(0, "0: full batch; else examples drawn per step from the run's train split", ge=0)
-    seed: int = _field(0, "seeds the run's split, init and batches", ge=0, per_run=True)
+    steps: int = _field(1000, "training steps per run (the budget)", ge=1, le=2**30)
+    eval_every: int = _field(10, "steps between evaluations; divides steps", ge=1, le=2**30)
+    batch_size: int = _field(0, "0: full batch; else examples drawn per step from the run's train split", ge=0,
+                             le=2**30)
+    seed: int = _field(0, "seeds the run's split, init and batches", ge=0, le=INT32_MAX, per_run=True)
     runs_per_batch: int = _field(0, "runs vmapped together inside the program; 0: measured on a CPU, "
-                                    "the device's share on an accelerator", ge=0)
-    loss: str = _field("cross_entropy", "training loss (computed in at least float32)", choices=("cross_entropy",))
+                                    "the device's share on an accelerator", ge=0, le=2**20)
+    loss: str = _field("cross_entropy", "training loss: cross_entropy, mse or package.module:attribute "
+                                        "(computed in at least float32; recorded as train_loss/test_loss)")
     precision: str = _field("float32", "float32; bfloat16 matmuls (parameters and loss stay float32); "
                                        "float64 everywhere", choices=("float32", "bfloat16", "float64"))
 
@@ -90,9 +113,10 @@ class TrainConfig:
 class EventsConfig:
     memorize_threshold: float = _field(0.99, "train accuracy that defines memorize_step", gt=0.0, le=1.0)
     grok_threshold: float = _field(0.99, "test accuracy that defines grok_step", gt=0.0, le=1.0)
-    patience: int = _field(3, "evaluations test accuracy must hold the threshold before a run is done", ge=1)
+    patience: int = _field(3, "evaluations test accuracy must hold the threshold before a run is done", ge=1,
+                           le=2**20)
     grok_gap: int = _field(-1, "grok_delay above which a run is 'grokking', not 'comprehension'; "
-                               "-1: max(eval_every, steps // 100)", ge=-1)
+                               "-1: max(eval_every, steps // 100)", ge=-1, le=2**30)
     stop_early: bool = _field(True, "stop the sweep once every run is done or diverged")
 
 
@@ -103,22 +127,31 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "events": EventsConfig,
 }
+PLUGIN_SECTIONS = ("task", "model", "optimizer")
 TOP_LEVEL_KEYS = ("name", "description", "grid", *SECTIONS)
 
-# Every setting by its short name (short names are unique across sections); the task's name is
-# "task", so that it too can be a grid axis (``task.name = ["add", "div"]``).
+
+def _engine_fields(cls) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if f.name != "settings"]
+
+
+# The engine's own settings by short name (unique across sections); a plug-in's name is called
+# by its section ("task", "model", "optimizer"), so that it too can be a grid axis.
 FIELDS: dict[str, tuple[str, dataclasses.Field]] = {
-    (f.name if f.name != "name" else "task"): (section, f)
-    for section, cls in SECTIONS.items() for f in dataclasses.fields(cls) if f.name != "name" or section == "task"
+    (f.name if f.name != "name" else section): (section, f)
+    for section, cls in SECTIONS.items() for f in _engine_fields(cls)
 }
 PER_RUN_FIELDS: tuple[str, ...] = tuple(k for k, (_, f) in FIELDS.items() if f.metadata["per_run"])
-# Settings a grid may sweep: per-run arrays, plus shape settings (each value its own group).
-AXIS_FIELDS: tuple[str, ...] = tuple(k for k, (s, f) in FIELDS.items() if s != "events")
 
 
 def _axis_key(key: str) -> str:
-    """``optimizer.weight_decay`` -> ``weight_decay``; ``task.name`` -> ``task``."""
-    return "task" if key in ("task", "task.name") else key.split(".", 1)[-1]
+    """``optimizer.lr`` -> ``lr``; ``task.name`` -> ``task``; plug-in keys are kept as given."""
+    section, _, rest = key.partition(".")
+    if rest == "name" and section in PLUGIN_SECTIONS:
+        return section
+    if rest and rest in FIELDS and FIELDS[rest][0] == section:
+        return rest
+    return key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,19 +165,69 @@ class SweepConfig:
     events: EventsConfig = EventsConfig()
     grid: tuple[tuple[str, tuple], ...] = ()  # ((setting, values), ...) in file order
 
+    def plugin_keys(self) -> dict[str, tuple[str, str]]:
+        """Every plug-in setting of this config's plug-ins: name -> (section, key). A setting is
+        called by its key where that is unambiguous, else (and always also) ``section.key``."""
+        owners: dict[str, list[str]] = {}
+        for section in PLUGIN_SECTIONS:
+            part = getattr(self, section)
+            keys = set(settings_of(section, resolve(section, part.name))) | {k for k, _ in part.settings}
+            for key in keys:
+                owners.setdefault(key, []).append(section)
+        out = {}
+        for key, sections in owners.items():
+            for section in sections:
+                out[f"{section}.{key}"] = (section, key)
+            if len(sections) == 1 and key not in FIELDS:
+                out[key] = (sections[0], key)
+        return out
+
+    def locate(self, key: str) -> tuple[str, str]:
+        """(section, field or plug-in key) of a setting called by short or dotted name."""
+        short = _axis_key(key)
+        if short in FIELDS:
+            section, f = FIELDS[short]
+            return section, f.name
+        plugin = self.plugin_keys()
+        if short in plugin:
+            return plugin[short]
+        section, _, rest = key.partition(".")
+        if section in PLUGIN_SECTIONS and rest and takes_any_keyword(resolve(section, getattr(self, section).name)):
+            return section, rest
+        if short in {k.split(".", 1)[1] for k in plugin if "." in k}:
+            owners = [k for k in plugin if k.endswith("." + short)]
+            raise SweepError(f"setting '{key}' is ambiguous; say which: {', '.join(owners)}")
+        allowed = sorted(set(FIELDS) | set(plugin))
+        hint = f" (did you mean '{close[0]}'?)" if (close := difflib.get_close_matches(short, allowed, 1, 0.5)) else ""
+        raise SweepError(f"unknown setting '{key}'{hint}; settings: {', '.join(allowed)}")
+
     def get(self, key: str):
-        section, f = FIELDS[key]
-        return getattr(getattr(self, section), f.name)
+        section, name = self.locate(key)
+        return getattr(getattr(self, section), name)
 
     def replace(self, **values) -> "SweepConfig":
-        """A copy with settings replaced by short name: ``cfg.replace(lr=1e-2, steps=100)``."""
+        """A copy with settings replaced by name: ``cfg.replace(lr=1e-2, steps=100)`` (dotted names
+        too: ``cfg.replace(**{"task.p": 13})``); values are checked as a sweep file's are."""
         by_section: dict[str, dict] = {}
         for key, value in values.items():
-            section, f = FIELDS[key]
-            by_section.setdefault(section, {})[f.name] = value
-        return dataclasses.replace(
-            self, **{s: dataclasses.replace(getattr(self, s), **kv) for s, kv in by_section.items()}
-        )
+            section, name = self.locate(key)
+            by_section.setdefault(section, {})[name] = value
+        sections = {}
+        for section, kv in by_section.items():
+            part, cls = getattr(self, section), SECTIONS[section]
+            fields = {f.name: f for f in _engine_fields(cls)}
+            engine = {k: _convert(f"{section}.{k}", fields[k], v) for k, v in kv.items() if k in fields}
+            if section in PLUGIN_SECTIONS and "name" in engine:
+                engine["name"] = name_of(section, engine["name"])
+                resolve(section, engine["name"])
+            if section in PLUGIN_SECTIONS:
+                settings = dict(part.settings)
+                params = settings_of(section, resolve(section, engine.get("name", part.name)))
+                settings.update({k: convert_setting(f"{section}.{k}", params.get(k), v)
+                                 for k, v in kv.items() if k not in fields})
+                engine["settings"] = tuple(settings.items())
+            sections[section] = dataclasses.replace(part, **engine)
+        return dataclasses.replace(self, **sections)
 
     @property
     def grok_gap(self) -> int:
@@ -157,10 +240,48 @@ class SweepConfig:
         combos = itertools.product(*(values for _, values in self.grid))
         return [self.replace(**dict(zip(keys, combo))) for combo in combos]
 
+    def optimizer_per_run(self) -> dict[str, float]:
+        """The optimizer's float settings: per-run arrays, traced inside the program."""
+        return {k: v for k, v in self.optimizer.settings if isinstance(v, float)}
+
+    def per_run_keys(self) -> tuple[str, ...]:
+        """Settings that are arrays along the run axis (the engine's and the optimizer's floats)."""
+        plugin = self.plugin_keys()
+        names = [k if k in plugin else f"optimizer.{k}" for k in self.optimizer_per_run()]
+        return PER_RUN_FIELDS + tuple(names)
+
     def static_key(self) -> tuple:
         """Everything that is not a per-run array: runs with equal keys share one program."""
-        return tuple((k, self.get(k)) for k in FIELDS if k not in PER_RUN_FIELDS) + (
-            ("model.name", self.model.name), ("optimizer.name", self.optimizer.name))
+        engine = tuple((k, self.get(k)) for k in FIELDS if k not in PER_RUN_FIELDS)
+        plugins = tuple((s, tuple(sorted((k, v) for k, v in getattr(self, s).settings
+                                         if not (s == "optimizer" and isinstance(v, float)))))
+                        for s in PLUGIN_SECTIONS)
+        return engine + plugins + (("optimizer per run", tuple(sorted(self.optimizer_per_run()))),)
+
+    def columns(self) -> dict[str, Any]:
+        """This run's settings as a results row: the plug-ins' names, the engine's per-run
+        settings, then every plug-in setting (set or default) by its short name."""
+        out = {"task": self.task.name, "model": self.model.name, "optimizer": self.optimizer.name,
+               "loss": self.train.loss}
+        out.update({k: self.get(k) for k in PER_RUN_FIELDS})
+        plugin = self.plugin_keys()
+        for section in PLUGIN_SECTIONS:
+            part = getattr(self, section)
+            values = {**scalar_defaults(section, resolve(section, part.name)), **dict(part.settings)}
+            for key, value in values.items():
+                column = key if key in plugin else f"{section}.{key}"
+                out.setdefault(column, value)
+        return out
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting that decides results, by dotted name (checkpoints compare these)."""
+        out = {}
+        for section in SECTIONS:
+            part = getattr(self, section)
+            out.update({f"{section}.{f.name}": getattr(part, f.name) for f in _engine_fields(type(part))})
+            out.update({f"{section}.{k}": v for k, v in getattr(part, "settings", ())})
+        out.update({f"grid.{k}": list(v) for k, v in self.grid})
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,46 +307,93 @@ def load_sweep(path: str | Path) -> SweepConfig:
 
 
 def sweep_from_dict(raw: dict[str, Any]) -> SweepConfig:
-    """Validate a parsed sweep (the TOML's dict) into a ``SweepConfig``."""
+    """Validate a parsed sweep (the TOML's dict) into a ``SweepConfig``. From Python, a plug-in's
+    ``name`` (and ``train.loss``) may also be the callable itself."""
+    if not isinstance(raw, dict):
+        raise SweepError(f"a sweep is a table of sections, got {type(raw).__name__}")
     _check_keys(raw, TOP_LEVEL_KEYS, "top level")
     name = raw.get("name", "sweep")
-    if not isinstance(name, str) or not name or any(c in name for c in "/\\") or name.startswith("."):
+    if not isinstance(name, str) or not name or any(c in name for c in "/\\\0") or name.startswith("."):
         raise SweepError(f"name must be a non-empty string usable as a folder name, got {name!r}")
     description = raw.get("description", "")
     if not isinstance(description, str):
         raise SweepError(f"description must be a string, got {description!r}")
-    sections = {}
-    for section, cls in SECTIONS.items():
-        table = raw.get(section, {})
-        if not isinstance(table, dict):
-            raise SweepError(f"[{section}] must be a table, got {table!r}")
-        allowed = [f.name for f in dataclasses.fields(cls)]
-        _check_keys(table, allowed, f"[{section}]")
-        values = {k: _convert(f"{section}.{k}", _field_of(cls, k), v) for k, v in table.items()}
-        sections[section] = cls(**values)
+    sections = {section: _section(section, cls, raw.get(section, {})) for section, cls in SECTIONS.items()}
+    config = SweepConfig(name=name, description=description, **sections)
     grid_raw = raw.get("grid", {})
     if not isinstance(grid_raw, dict):
         raise SweepError(f"[grid] must be a table of setting = [values], got {grid_raw!r}")
     grid = []
     for key, values in _flatten(grid_raw):
-        short = _axis_key(key)
-        if short not in AXIS_FIELDS or ("." in key and key.split(".", 1)[0] != FIELDS[short][0]):
-            allowed = sorted(AXIS_FIELDS)
-            raise SweepError(f"unknown grid axis '{key}'{_suggest(short, allowed)}; grid axes: {', '.join(allowed)}")
+        short = _grid_axis(config, key)
         if not isinstance(values, list):
             raise SweepError(f"grid.{short} must be a list of values, got {values!r}")
         if not values:
             raise SweepError(f"grid.{short} is empty; give at least one value")
-        section, f = FIELDS[short]
-        converted = tuple(_convert(f"grid.{short}", f, v) for v in values)
-        if len(set(converted)) != len(converted):
+        converted = tuple(_convert_axis(config, short, v) for v in values)
+        if len(set(map(repr, converted))) != len(converted):
             raise SweepError(f"grid.{short} has duplicate values: {list(values)}")
         if short in dict(grid):
             raise SweepError(f"grid.{short} is given twice")
         grid.append((short, converted))
-    config = SweepConfig(name=name, description=description, grid=tuple(grid), **sections)
-    _check_consistency(config, raw)
+    config = dataclasses.replace(config, grid=tuple(grid))
+    _check_consistency(config)
     return config
+
+
+def _section(section: str, cls, table) -> Any:
+    """One section: the engine's fields typed and bounded, a plug-in's settings checked against
+    its signature."""
+    if not isinstance(table, dict):
+        raise SweepError(f"[{section}] must be a table, got {table!r}")
+    fields = {f.name: f for f in _engine_fields(cls)}
+    if section == "train" and "loss" in table:
+        table = dict(table, loss=name_of("loss", table["loss"]))
+    if section not in PLUGIN_SECTIONS:
+        _check_keys(table, list(fields), f"[{section}]")
+        part = cls(**{k: _convert(f"{section}.{k}", fields[k], v) for k, v in table.items()})
+        if section == "train":
+            resolve("loss", part.loss)
+        return part
+    plugin_name = name_of(section, table.get("name", fields["name"].default))
+    fn = resolve(section, plugin_name)
+    params = settings_of(section, fn)
+    for key in table:
+        if key not in fields and key not in params and not takes_any_keyword(fn):
+            allowed = list(params) + [k for k in fields if k != "name"]
+            raise SweepError(f"unknown key '{key}' in [{section}]{_suggest(key, allowed)}; {section} "
+                             f"'{plugin_name}' takes: {', '.join(params) or 'no settings'}; engine settings: "
+                             f"{', '.join(k for k in fields if k != 'name')}")
+    engine = {k: _convert(f"{section}.{k}", fields[k], v) for k, v in table.items() if k in fields and k != "name"}
+    settings = check_settings(section, plugin_name, fn, {k: v for k, v in table.items() if k not in fields},
+                              f"[{section}]")
+    return cls(name=plugin_name, settings=tuple(settings.items()), **engine)
+
+
+def _grid_axis(config: SweepConfig, key: str) -> str:
+    """The name a grid key is stored under: short where unambiguous, else ``section.key``."""
+    short = _axis_key(key)
+    if short in FIELDS:
+        if FIELDS[short][0] == "events" or short in ("runs_per_batch",):
+            raise SweepError(f"grid.{key}: [events] settings and runs_per_batch cannot be grid axes")
+        if "." in key and key.split(".", 1)[0] != FIELDS[short][0]:
+            raise SweepError(f"unknown grid axis '{key}': '{short}' is a setting of [{FIELDS[short][0]}]")
+        return short
+    try:
+        section, name = config.locate(key)
+    except SweepError as e:
+        raise SweepError(f"unknown grid axis '{key}': {e}") from None
+    return name if config.plugin_keys().get(name) == (section, name) else f"{section}.{name}"
+
+
+def _convert_axis(config: SweepConfig, key: str, value):
+    if key in FIELDS:
+        section, f = FIELDS[key]
+        value = _convert(f"grid.{key}", f, value)
+        return name_of(section, value) if f.name == "name" and section in PLUGIN_SECTIONS else value
+    section, name = config.locate(key)
+    param = settings_of(section, resolve(section, getattr(config, section).name)).get(name)
+    return convert_setting(f"grid.{key}", param, value)
 
 
 def _flatten(table: dict, prefix: str = ""):
@@ -242,7 +410,7 @@ def _field_of(cls, key) -> dataclasses.Field:
 
 
 def _suggest(key: str, allowed) -> str:
-    close = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.5)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
@@ -253,8 +421,12 @@ def _check_keys(table: dict, allowed, where: str) -> None:
 
 
 def _convert(where: str, f: dataclasses.Field, value):
-    """Type-check one value against its field, with bounds and choices."""
+    """Type-check one value against an engine field, with bounds and choices."""
     kind, m = f.type, f.metadata
+    if f.name == "name" or f.name == "loss":  # a plug-in: a name, or from Python the callable itself
+        if not isinstance(value, str) and not callable(value):
+            raise SweepError(f"{where} must be a string, got {value!r}")
+        return value
     if kind == "str":
         if not isinstance(value, str):
             raise SweepError(f"{where} must be a string, got {value!r}")
@@ -269,16 +441,16 @@ def _convert(where: str, f: dataclasses.Field, value):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SweepError(f"{where} must be a number, got {value!r}")
     if kind == "int":
-        if isinstance(value, float) and not value.is_integer():
+        if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
             raise SweepError(f"{where} must be an integer, got {value!r}")
         value = int(value)
     else:
         value = float(value)
         if not math.isfinite(value):
             raise SweepError(f"{where} must be finite, got {value!r}")
-    bounds = [("ge", ">=", value >= (m["ge"] if m["ge"] is not None else value)),
+    bounds = [("ge", ">=", m["ge"] is None or value >= m["ge"]),
               ("gt", ">", m["gt"] is None or value > m["gt"]),
-              ("le", "<=", value <= (m["le"] if m["le"] is not None else value)),
+              ("le", "<=", m["le"] is None or value <= m["le"]),
               ("lt", "<", m["lt"] is None or value < m["lt"])]
     if not all(ok for _, _, ok in bounds):
         allowed = " and ".join(f"{sym} {m[b]}" for b, sym, _ in bounds if m[b] is not None)
@@ -286,46 +458,76 @@ def _convert(where: str, f: dataclasses.Field, value):
     return value
 
 
-def _check_consistency(config: SweepConfig, raw: dict) -> None:
-    """Checks that involve several fields, over every group of the grid."""
-    axes = dict(config.grid)
-    model, optimizer = config.model.name, config.optimizer.name
-    for key in list(raw.get("model", {})) + [k for k in axes if FIELDS[k][0] == "model"]:
-        models = _field_of(ModelConfig, key).metadata["models"]
-        if models and model not in models:
-            raise SweepError(f"model.{key} is not a setting of model '{model}' (it belongs to {', '.join(models)})")
-    for key in list(raw.get("optimizer", {})) + [k for k in axes if FIELDS[k][0] == "optimizer"]:
-        opts = _field_of(OptimizerConfig, key).metadata["optimizers"]
-        if opts and optimizer not in opts:
-            raise SweepError(f"optimizer.{key} is not a setting of optimizer '{optimizer}' "
-                             f"(it belongs to {', '.join(opts)}; '{optimizer}' takes "
-                             f"{', '.join(OPTIMIZER_HPARAMS[optimizer])})")
-    static_axes = [(k, v) for k, v in config.grid if k not in PER_RUN_FIELDS]
+def _check_consistency(config: SweepConfig) -> None:
+    """Checks that involve several settings, over every group of the grid: each plug-in is built
+    once with its settings (a factory refuses bad values), the task's table exists, shapes agree."""
+    static_axes = [(k, v) for k, v in config.grid if k not in config.per_run_keys()]
     for combo in itertools.product(*(v for _, v in static_axes)):
         c = config.replace(**{k: x for (k, _), x in zip(static_axes, combo)})
+        for section in PLUGIN_SECTIONS:  # a name axis: its settings must suit every name
+            part = getattr(c, section)
+            check_settings(section, part.name, resolve(section, part.name), dict(part.settings), f"[{section}]")
         t, m, tr = c.task, c.model, c.train
-        if task_needs_prime(t.name) and not is_prime(t.p):
-            raise SweepError(f"task.p = {t.p}: task '{t.name}' needs a prime p (it uses modular inverses)")
+        task = build_task(t.name, t.settings)
         if tr.eval_every > tr.steps or tr.steps % tr.eval_every:
             raise SweepError(f"train.steps ({tr.steps}) must be a multiple of train.eval_every ({tr.eval_every})")
-        if m.name == "transformer" and m.d_model % m.n_heads:
-            raise SweepError(f"model.d_model ({m.d_model}) must be a multiple of model.n_heads ({m.n_heads})")
-        size = make_task(t.name, t.p).size
-        if tr.batch_size > size:
-            raise SweepError(f"train.batch_size ({tr.batch_size}) exceeds the {size} examples of task "
-                             f"'{t.name}' with p={t.p}; use 0 for full batch")
+        if tr.batch_size > task.size:
+            raise SweepError(f"train.batch_size ({tr.batch_size}) exceeds the {task.size} examples of task "
+                             f"'{t.name}'; use 0 for full batch")
+        model_fn = resolve("model", m.name)
+        call_factory("model", m.name, model_fn, task.n_symbols, task.n_classes, **dict(m.settings))
+        if tr.precision != "float32" and not {"dtype", "param_dtype"} <= set(_parameters_of(model_fn)):
+            raise SweepError(f"train.precision = {tr.precision!r} needs a model factory that takes dtype and "
+                             f"param_dtype keywords; model '{m.name}' does not")
+        if task.regression and tr.loss == "cross_entropy":
+            raise SweepError(f"train.loss = 'cross_entropy' needs class labels; task '{t.name}' has float "
+                             f"targets: use 'mse' or a loss of your own")
+        # a per-run optimizer axis: build the optimizer with each of its values, so that a
+        # factory refuses bad ones before training
+        o = c.optimizer
+        optimizer_fn = resolve("optimizer", o.name)
+        call_factory("optimizer", o.name, optimizer_fn, learning_rate=o.lr, **dict(o.settings))
+        for key, values in config.grid:
+            section, name = config.locate(key)
+            if section == "optimizer" and key in c.per_run_keys() and name not in FIELDS:
+                for v in values:
+                    call_factory("optimizer", o.name, optimizer_fn, learning_rate=o.lr,
+                                 **{**dict(o.settings), name: v})
+
+
+def _parameters_of(fn) -> list[str]:
+    import inspect
+
+    try:
+        return list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return []
 
 
 def describe_settings() -> list[dict]:
-    """One row per setting (section, key, default, allowed, doc): the reference for README and info."""
+    """One row per setting (section, key, default, allowed, doc): the engine's own, then the
+    built-in plug-ins' keyword arguments (which built-ins take each); for README and info."""
     rows = []
     for section, cls in SECTIONS.items():
-        for f in dataclasses.fields(cls):
+        for f in _engine_fields(cls):
             m = f.metadata
             allowed = ", ".join(m["choices"]) if m["choices"] else " and ".join(
                 f"{s} {m[b]}" for b, s in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if m[b] is not None)
             rows.append(dict(section=section, key=f.name, default=f.default, allowed=allowed or f.type,
                              per_run=m["per_run"], doc=m["doc"]))
+    for section in PLUGIN_SECTIONS:
+        seen: dict[str, dict] = {}
+        for name in BUILTINS[section]:
+            for key, param in settings_of(section, resolve(section, name)).items():
+                default = None if param.default is param.empty else param.default
+                row = seen.setdefault(key, dict(section=section, key=key, default=default,
+                                                allowed=type(default).__name__ if default is not None else "any",
+                                                per_run=section == "optimizer" and isinstance(default, float),
+                                                doc=[]))
+                row["doc"].append(name)
+        for row in seen.values():
+            row["doc"] = "setting of " + ", ".join(row["doc"])
+            rows.append(row)
     return rows
 
 

@@ -4,33 +4,38 @@ import numpy as np
 import optax
 import pytest
 
-from grokjax.models import MLP, Transformer, count_params, init_params
+from grokjax.models import MLP, Transformer, count_params, init_params, mlp, transformer
 from grokjax.tasks import make_task
+
+PAIR = jnp.zeros((1, 2), jnp.int32)  # a sample input: two operand tokens
 
 
 def test_nanda_transformer_parameter_count():
     # Nanda et al. 2023: 1 layer, d=128, 4 heads of 32, d_mlp=512, no LayerNorm, vocab p+1 = 114
-    # for embedding and unembedding, 3 positions, no attention biases, MLP with biases.
-    model = Transformer(113, n_layers=1, d_model=128, n_heads=4, d_mlp=512, layer_norm=False)
-    params = init_params(model, jax.random.PRNGKey(0), 1.0)
-    expected = 114 * 128 + 3 * 128 + 4 * 128 * 128 + (128 * 512 + 512) + (512 * 128 + 128) + 128 * 114
-    assert expected == 226_816
+    # embedded, 3 positions, no attention biases, MLP with biases; their unembedding also covers
+    # "=" (226,816 parameters), ours the p classes only.
+    model = Transformer(113, 113, n_layers=1, d_model=128, n_heads=4, d_mlp=512, layer_norm=False)
+    params = init_params(model, jax.random.PRNGKey(0), 1.0, PAIR)
+    expected = 114 * 128 + 3 * 128 + 4 * 128 * 128 + (128 * 512 + 512) + (512 * 128 + 128) + 128 * 113
+    assert expected == 226_816 - 128
     assert count_params(params) == expected
 
 
 def test_power_transformer_builds_with_layer_norm():
-    model = Transformer(97, n_layers=2, d_model=128, n_heads=4, d_mlp=512, layer_norm=True)
-    params = init_params(model, jax.random.PRNGKey(0), 1.0)
+    model = Transformer(97, 97, n_layers=2, d_model=128, n_heads=4, d_mlp=512, layer_norm=True)
+    params = init_params(model, jax.random.PRNGKey(0), 1.0, PAIR)
     logits = model.apply({"params": params}, jnp.zeros((5, 2), jnp.int32))
-    assert logits.shape == (5, 98)
+    assert logits.shape == (5, 97)
     assert "layer_1_ln_attn" in params and "ln_final" in params
 
 
-def test_transformer_last_position_shortcut_matches_full_causal_model():
-    """Reading only the last position in the last layer must give the textbook model's logits."""
-    model = Transformer(11, n_layers=2, d_model=16, n_heads=2, d_mlp=32, layer_norm=True)
-    params = init_params(model, jax.random.PRNGKey(1), 1.0)
-    tokens = jax.random.randint(jax.random.PRNGKey(2), (7, 2), 0, 11)
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_transformer_last_position_shortcut_matches_full_causal_model(k):
+    """Reading only the last position in the last layer must give the textbook model's logits,
+    for any number of input tokens."""
+    model = Transformer(11, 11, n_layers=2, d_model=16, n_heads=2, d_mlp=32, layer_norm=True)
+    tokens = jax.random.randint(jax.random.PRNGKey(2), (7, k), 0, 11)
+    params = init_params(model, jax.random.PRNGKey(1), 1.0, tokens[:1])
     full = _reference_transformer(params, tokens, n_layers=2, n_heads=2)
     np.testing.assert_allclose(model.apply({"params": params}, tokens), full, rtol=1e-5, atol=1e-5)
 
@@ -42,7 +47,7 @@ def _reference_transformer(params, tokens, n_layers, n_heads):
 
     seq = jnp.concatenate([tokens, jnp.full((tokens.shape[0], 1), 11)], 1)
     x = params["embed"][seq] + params["pos_embed"]
-    mask = jnp.tril(jnp.ones((3, 3), bool))
+    mask = jnp.tril(jnp.ones((seq.shape[1], seq.shape[1]), bool))
     for layer in range(n_layers):
         pre = f"layer_{layer}_"
         a = ln(x, params[pre + "ln_attn"])
@@ -56,12 +61,13 @@ def _reference_transformer(params, tokens, n_layers, n_heads):
     return ln(x[:, -1], params["ln_final"]) @ params["unembed"]
 
 
-def test_mlp_per_token_tables_match_dense_over_concatenated_embeddings():
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_mlp_per_token_tables_match_dense_over_concatenated_embeddings(k):
     model = MLP(13, 13, embed_dim=8, width=16, depth=2)
-    params = init_params(model, jax.random.PRNGKey(0), 1.0)
-    tokens = jax.random.randint(jax.random.PRNGKey(3), (9, 2), 0, 13)
-    e = params["embed"][tokens].reshape(9, 16)  # [x_emb, y_emb]
-    dense = params["hidden_0_kernel"].transpose(1, 0, 2).reshape(16, 16)  # [embed, operand, width] -> [2e, w]
+    tokens = jax.random.randint(jax.random.PRNGKey(3), (9, k), 0, 13)
+    params = init_params(model, jax.random.PRNGKey(0), 1.0, tokens[:1])
+    e = params["embed"][tokens].reshape(9, 8 * k)  # [t_1 emb, ..., t_k emb]
+    dense = params["hidden_0_kernel"].transpose(1, 0, 2).reshape(8 * k, 16)  # [embed, position, width] -> [ke, w]
     h = jax.nn.relu(e @ dense + params["hidden_0_bias"])
     h = jax.nn.relu(h @ params["hidden_1"]["kernel"] + params["hidden_1"]["bias"])
     ref = h @ params["readout"]["kernel"] + params["readout"]["bias"]
@@ -70,8 +76,8 @@ def test_mlp_per_token_tables_match_dense_over_concatenated_embeddings():
 
 def test_init_scale_multiplies_every_weight():
     model = MLP(7, 7, embed_dim=4, width=8)
-    a = init_params(model, jax.random.PRNGKey(0), 1.0)
-    b = init_params(model, jax.random.PRNGKey(0), 8.0)
+    a = init_params(model, jax.random.PRNGKey(0), 1.0, PAIR)
+    b = init_params(model, jax.random.PRNGKey(0), 8.0, PAIR)
     for wa, wb in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(wb, 8.0 * wa, rtol=1e-6)
 
@@ -79,15 +85,15 @@ def test_init_scale_multiplies_every_weight():
 @pytest.mark.parametrize("activation", ["relu", "gelu", "square"])
 def test_mlp_activations_and_depth(activation):
     model = MLP(5, 5, embed_dim=4, width=8, depth=3, activation=activation)
-    params = init_params(model, jax.random.PRNGKey(0), 1.0)
+    params = init_params(model, jax.random.PRNGKey(0), 1.0, PAIR)
     assert model.apply({"params": params}, jnp.zeros((2, 2), jnp.int32)).shape == (2, 5)
     assert {"hidden_1", "hidden_2", "readout"} <= set(params)
 
 
 def test_tiny_transformer_fits_its_training_set():
     task = make_task("add", 11)
-    model = Transformer(11, n_layers=1, d_model=32, n_heads=2, d_mlp=64)
-    params = init_params(model, jax.random.PRNGKey(0), 1.0)
+    model = Transformer(11, 11, n_layers=1, d_model=32, n_heads=2, d_mlp=64)
+    params = init_params(model, jax.random.PRNGKey(0), 1.0, PAIR)
     tx = optax.adam(1e-2)
     inputs, labels = jnp.asarray(task.inputs[::2]), jnp.asarray(task.labels[::2])
 
@@ -110,13 +116,29 @@ def test_tiny_transformer_fits_its_training_set():
 
 
 @pytest.mark.parametrize("model", [MLP(13, 13, embed_dim=16, width=32),
-                                   Transformer(13, n_layers=2, d_model=16, n_heads=2, d_mlp=32, layer_norm=True)])
+                                   Transformer(13, 13, n_layers=2, d_model=16, n_heads=2, d_mlp=32, layer_norm=True)])
 def test_bfloat16_computes_in_bf16_with_float32_parameters(model):
     tokens = jax.random.randint(jax.random.PRNGKey(3), (9, 2), 0, 13)
-    params = init_params(model, jax.random.PRNGKey(0), 1.0)
+    params = init_params(model, jax.random.PRNGKey(0), 1.0, PAIR)
     low = model.clone(dtype=jnp.bfloat16)
-    low_params = init_params(low, jax.random.PRNGKey(0), 1.0)
+    low_params = init_params(low, jax.random.PRNGKey(0), 1.0, PAIR)
     assert all(w.dtype == jnp.float32 for w in jax.tree.leaves(low_params))
     logits = low.apply({"params": params}, tokens)
     assert logits.dtype == jnp.bfloat16
     np.testing.assert_allclose(logits.astype(np.float32), model.apply({"params": params}, tokens), atol=0.1)
+
+
+def test_mlp_reads_float_features():
+    model = mlp(64, 10, width=32)
+    x = jax.random.uniform(jax.random.PRNGKey(0), (5, 64))
+    params = init_params(model, jax.random.PRNGKey(1), 1.0, x[:1])
+    assert model.apply({"params": params}, x).shape == (5, 10) and "embed" not in params
+
+
+def test_factories_refuse_bad_settings_by_name():
+    with pytest.raises(ValueError, match="activation = 'swish' is not one of relu"):
+        mlp(5, 5, activation="swish")
+    with pytest.raises(ValueError, match=r"d_model \(30\) must be a multiple of n_heads \(4\)"):
+        transformer(5, 5, d_model=30, n_heads=4)
+    with pytest.raises(ValueError, match="width must be >= 1"):
+        mlp(5, 5, width=0)

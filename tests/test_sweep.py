@@ -2,8 +2,7 @@ import dataclasses
 
 import pytest
 
-from grokjax.sweep import (AXIS_FIELDS, FIELDS, PER_RUN_FIELDS, SweepConfig, SweepError, describe_settings,
-                           load_sweep, sweep_from_dict)
+from grokjax.sweep import FIELDS, PER_RUN_FIELDS, SweepError, describe_settings, load_sweep, sweep_from_dict
 
 ISSUE_EXAMPLE = """
 name = "quickstart"
@@ -60,13 +59,13 @@ def test_grok_gap_default_scales_with_budget():
 
 
 def test_field_tables_are_consistent():
-    assert set(PER_RUN_FIELDS) <= set(AXIS_FIELDS)
-    assert {"seed", "data_fraction", "lr", "weight_decay", "init_scale", "beta1", "warmup_steps"} <= set(
-        PER_RUN_FIELDS)
-    assert {"p", "width", "steps"} <= set(AXIS_FIELDS) - set(PER_RUN_FIELDS)
-    assert len(describe_settings()) == sum(len(dataclasses.fields(c)) for c in
-                                           (type(getattr(SweepConfig(), s)) for s in
-                                            ("task", "model", "optimizer", "train", "events")))
+    assert {"seed", "data_fraction", "lr", "init_scale", "warmup_steps", "decay_steps"} == set(PER_RUN_FIELDS)
+    config = sweep_from_dict({"optimizer": {"weight_decay": 0.5, "beta1": 0.8}})
+    assert {"weight_decay", "beta1"} <= set(config.per_run_keys())  # the optimizer's floats
+    assert {"p", "width", "steps"}.isdisjoint(config.per_run_keys())
+    rows = describe_settings()
+    assert {(r["section"], r["key"]) for r in rows} >= {("task", "p"), ("model", "width"), ("model", "d_model"),
+                                                         ("optimizer", "beta1"), ("optimizer", "momentum")}
     assert all(FIELDS[k][1].metadata["doc"] for k in FIELDS)
 
 
@@ -74,26 +73,36 @@ BAD = [
     (dict(optimizer=dict(weight_decy=1.0)), "weight_decy", "did you mean 'weight_decay'"),
     (dict(tusk=dict(name="add")), "tusk", "did you mean 'task'"),
     (dict(task=dict(name="addd")), "task.name", "did you mean 'add'"),
-    (dict(model=dict(name="cnn")), "model.name", "allowed: mlp, transformer"),
+    (dict(model=dict(name="cnn")), "model.name", "built-in: mlp, transformer"),
     (dict(task=dict(data_fraction=1.5)), "task.data_fraction", "< 1.0"),
     (dict(task=dict(data_fraction=0)), "task.data_fraction", "> 0.0"),
-    (dict(optimizer=dict(weight_decay=-1)), "optimizer.weight_decay", ">= 0.0"),
+    (dict(optimizer=dict(weight_decay=-1)), "weight_decay must be", ">= 0"),
     (dict(optimizer=dict(lr=-0.1)), "optimizer.lr", "> 0.0"),
-    (dict(task=dict(p=1)), "task.p", ">= 2"),
+    (dict(task=dict(p=1)), "p must be", ">= 2"),
     (dict(train=dict(steps=0)), "train.steps", ">= 1"),
     (dict(train=dict(steps="many")), "train.steps", "must be a number"),
     (dict(train=dict(steps=10.5)), "train.steps", "must be an integer"),
-    (dict(model=dict(layer_norm="yes")), "model.layer_norm", "true or false"),
+    (dict(model=dict(name="transformer", layer_norm="yes")), "model.layer_norm", "true or false"),
     (dict(grid=dict(seed=[])), "grid.seed", "empty"),
     (dict(grid=dict(seed=3)), "grid.seed", "must be a list"),
     (dict(grid=dict(data_fraction=[0.5, 1.5])), "grid.data_fraction", "< 1.0"),
     (dict(grid=dict(wieght_decay=[0.1])), "wieght_decay", "did you mean 'weight_decay'"),
     (dict(grid=dict(seed=[1, 1])), "grid.seed", "duplicate"),
-    (dict(task=dict(name="div", p=12)), "task.p", "prime"),
+    (dict(task=dict(name="div", p=12)), "task.name = 'div'", "prime"),
     (dict(train=dict(steps=100, eval_every=30)), "train.steps", "multiple of train.eval_every"),
-    (dict(model=dict(name="mlp", d_model=64)), "model.d_model", "not a setting of model 'mlp'"),
-    (dict(optimizer=dict(name="sgd", beta1=0.9)), "optimizer.beta1", "not a setting of optimizer 'sgd'"),
-    (dict(model=dict(name="transformer", d_model=30, n_heads=4)), "model.d_model", "multiple of model.n_heads"),
+    (dict(model=dict(name="mlp", d_model=64)), "unknown key 'd_model' in [model]", "model 'mlp' takes: embed_dim"),
+    (dict(optimizer=dict(name="sgd", beta1=0.9)), "unknown key 'beta1' in [optimizer]", "'sgd' takes: momentum"),
+    (dict(model=dict(name="transformer", d_model=30, n_heads=4)), "model.name = 'transformer'",
+     "d_model (30) must be a multiple of n_heads (4)"),
+    (dict(optimizer=dict(name="lino")), "optimizer.name", "did you mean 'lion'"),
+    (dict(optimizer=dict(name="lion", b3=0.9)), "unknown key 'b3'", "did you mean 'b2'"),
+    (dict(task=dict(name="nowhere.mod:fn")), "task.name = 'nowhere.mod:fn'", "cannot import module 'nowhere.mod'"),
+    (dict(task=dict(name="math:pi")), "task.name = 'math:pi'", "not callable"),
+    (dict(task=dict(name="math:nothing")), "task.name = 'math:nothing'", "no attribute 'nothing'"),
+    (dict(train=dict(loss="hinge")), "train.loss", "built-in: cross_entropy, mse"),
+    (dict(train=dict(seed=2**40)), "train.seed", "<= 2147483647"),
+    (dict(train=dict(steps=10**10)), "train.steps", "<= 1073741824"),
+    (dict(optimizer=dict(schedule="exp")), "optimizer.schedule", "constant, cosine, linear"),
     (dict(task=dict(p=11), train=dict(batch_size=500)), "train.batch_size", "full batch"),
     (dict(name="a/b"), "name", "folder name"),
 ]
@@ -129,10 +138,29 @@ def test_dotted_grid_keys_and_non_numeric_axes(tmp_path):
 def test_task_axis_is_checked_per_value():
     with pytest.raises(SweepError, match="task 'div' needs a prime p"):
         sweep_from_dict({"task": {"p": 12}, "grid": {"task": {"name": ["add", "div"]}}})
-    with pytest.raises(SweepError, match="grid.task"):
+    with pytest.raises(SweepError, match="task.name = 'plus'"):
         sweep_from_dict({"grid": {"task.name": ["add", "plus"]}})
-    with pytest.raises(SweepError, match="unknown grid axis 'model.name'"):
-        sweep_from_dict({"grid": {"model": {"name": ["mlp"]}}})
+    with pytest.raises(SweepError, match="model 'transformer' does not take"):
+        sweep_from_dict({"model": {"width": 64}, "grid": {"model": {"name": ["mlp", "transformer"]}}})
+
+
+def test_plugin_settings_read_like_fields_with_their_defaults():
+    config = sweep_from_dict({"model": {"width": 64}, "optimizer": {"name": "lion", "b1": 0.95}})
+    assert config.model.width == 64 and config.model.embed_dim == 128  # set, and the factory's default
+    assert config.optimizer.b1 == 0.95 and config.optimizer.b2 == 0.99
+    assert config.get("optimizer.b1") == 0.95 and config.replace(b1=0.9).optimizer.b1 == 0.9
+    with pytest.raises(SweepError, match="unknown setting 'stepz'.*did you mean 'steps'"):
+        config.replace(stepz=3)
+    columns = config.columns()
+    assert columns["width"] == 64 and columns["b1"] == 0.95 and columns["optimizer"] == "lion"
+
+
+def test_optimizer_floats_are_per_run_and_ints_make_groups():
+    config = sweep_from_dict({"optimizer": {"name": "adafactor"},
+                              "grid": {"decay_rate": [0.8, 0.9], "min_dim_size_to_factor": [64, 128]}})
+    runs = config.runs()
+    assert isinstance(runs[0].optimizer.decay_rate, float) and runs[0].optimizer.min_dim_size_to_factor == 64
+    assert len({r.static_key() for r in runs}) == 2
 
 
 def test_every_shipped_sweep_file_is_valid():

@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from grokjax.tasks import MODULAR_OPS, S5_OPS, TASK_NAMES, make_task
+from grokjax.tasks import MODULAR_OPS, S5_OPS, TASK_NAMES, Task, digits, make_task, sparse_parity
 
 P = 7
 
@@ -22,7 +22,7 @@ PYTHON = {
 
 
 def test_every_task_is_covered():
-    assert set(PYTHON) | set(S5_OPS) == set(TASK_NAMES)
+    assert set(PYTHON) | set(S5_OPS) | {"sparse_parity", "digits"} == set(TASK_NAMES)
 
 
 @pytest.mark.parametrize("name", sorted(MODULAR_OPS))
@@ -79,7 +79,42 @@ def test_division_needs_a_prime():
 
 
 def test_unknown_task_and_small_p():
-    with pytest.raises(ValueError, match="known tasks"):
+    with pytest.raises(ValueError, match="unknown task 'addition'"):
         make_task("addition", 7)
     with pytest.raises(ValueError, match="p must be >= 2"):
         make_task("add", 1)
+
+
+def test_sparse_parity_labels_the_parity_of_k_fixed_bits():
+    task = sparse_parity(n=10, k=3, examples=0, seed=4)
+    assert task.inputs.shape == (1024, 10) and task.n_symbols == 2 and task.n_classes == 2
+    assert len({tuple(r) for r in task.inputs}) == 1024  # the full table
+    # exactly three coordinates decide the label: flipping any of them flips it, others do not
+    flips = [np.mean(task.labels[np.argsort([int("".join(map(str, r[::-1] ^ (np.arange(10) == i)[::-1])), 2)
+                                             for r in task.inputs])] != task.labels) for i in range(10)]
+    assert sorted(flips)[-3:] == [1.0, 1.0, 1.0] and sorted(flips)[:7] == [0.0] * 7
+    sampled = sparse_parity(n=40, k=3, examples=500)
+    assert sampled.inputs.shape == (500, 40) and len({tuple(r) for r in sampled.inputs}) == 500
+    assert 0.4 < sampled.labels.mean() < 0.6
+    with pytest.raises(ValueError, match="examples > 0"):
+        sparse_parity(n=40, examples=0)
+
+
+def test_digits_are_float_features_with_ten_classes():
+    pytest.importorskip("sklearn")
+    task = digits()
+    assert task.inputs.shape == (1797, 64) and task.inputs.dtype == np.float32 and task.n_classes == 10
+    assert 0.0 <= task.inputs.min() and task.inputs.max() <= 1.0
+
+
+@pytest.mark.parametrize("inputs, labels, n_symbols, match", [
+    (np.zeros((4, 2), np.int32), np.zeros(3, np.int32), 5, "labels must be"),
+    (np.zeros(4, np.int32), np.zeros(4, np.int32), 5, r"inputs must be an array \[N, k\]"),
+    (np.full((4, 2), 9), np.zeros(4, np.int32), 5, "token ids in 0 .. n_symbols - 1 = 4"),
+    (np.zeros((4, 2), np.int32), np.full(4, 7), 5, "classes in 0 .. n_classes - 1 = 4"),
+    (np.array([["a", "b"]] * 4), np.zeros(4, np.int32), 5, "integer tokens or float features"),
+    (np.zeros((4, 2), np.int32), np.zeros(4, np.float32), 5, "integer classes"),
+])
+def test_task_refuses_bad_arrays(inputs, labels, n_symbols, match):
+    with pytest.raises(ValueError, match=match):
+        Task("bad", inputs, labels, n_symbols)

@@ -58,7 +58,7 @@ class Transformer(nn.Module):
         self.pos = nn.Parameter(torch.randn(3, d_model) / math.sqrt(d_model))
         self.blocks = nn.Sequential(*[Block(d_model, n_heads, d_mlp, layer_norm) for _ in range(n_layers)])
         self.ln = nn.LayerNorm(d_model) if layer_norm else nn.Identity()
-        self.unembed = nn.Linear(d_model, n_symbols + 1, bias=False)
+        self.unembed = nn.Linear(d_model, n_symbols, bias=False)
 
     def forward(self, tokens):
         eq = torch.full((tokens.shape[0], 1), self.n_symbols, dtype=tokens.dtype, device=tokens.device)

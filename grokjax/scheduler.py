@@ -1,0 +1,374 @@
+"""The scheduler: a group's runs through a working set of slots, on one or many devices.
+
+A group is runs that share one ``Program``. The scheduler chooses how many runs a device maps
+at once (the vmap width, measured on a CPU), how many it trains at once (what fits in memory),
+places them on the devices, refills a finished run's slot from the queue, repacks the survivors
+into smaller buckets as the queue empties, and hands each host round trip to a callback that
+records, reports and checkpoints. Runs are independent, so none of this changes any result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from grokjax.program import (RUN_AXIS, Program, RunSettings, RunState, make_grid_init, make_grid_period, map_runs,
+                             select_tree)
+
+
+_MEASURED: dict[str, dict[str, float]] = {}  # run-steps/s per vmap width, measured in this process
+
+
+def tune_runs_per_batch(program: Program, settings: RunSettings, per_device: int, requested: int = 0,
+                        cache_file: str | os.PathLike | None = None, budget_s: float = 0.15) -> tuple[int, dict]:
+    """The vmap width of a group, and how it was chosen (recorded in meta.json).
+
+    An explicit ``requested`` width (``train.runs_per_batch``) wins; an accelerator takes the
+    device's whole share. On a CPU the best width depends on the model and the cache sizes (one
+    full-batch run of a mid-sized table fills both cores, while tiny models gain from batching),
+    so it is measured:
+    widths 1, 8 and the device's share (at most 64), each as a jitted step of the group's first
+    runs mapped as the grid maps them, timed for about ``budget_s``; the best run-steps per
+    second, discounted by the padding slots the width adds to the working set, wins (the smaller
+    width within 3 %). Rates are kept for the process and, with ``cache_file``, on disk, keyed by
+    machine, versions and program, so a later launch measures only widths it has not seen."""
+    if requested:
+        return min(requested, per_device), dict(source="config")
+    platform = jax.default_backend()
+    if platform != "cpu" or per_device == 1:
+        return per_device, dict(source="device share" if platform != "cpu" else "one run per device")
+    candidates = sorted({1, min(8, per_device), min(per_device, 64)})
+    device = jax.devices()[0]
+    key = "|".join(map(str, (platform, device.device_kind, os.cpu_count(), jax.__version__, _version(),
+                             program.cost_key)))
+    disk = {}
+    if cache_file is not None and Path(cache_file).exists():
+        try:
+            disk = json.loads(Path(cache_file).read_text())
+        except (OSError, ValueError):
+            disk = {}
+    rates = {**disk.get(key, {}), **_MEASURED.get(key, {})}
+    missing = [k for k in candidates if str(k) not in rates]
+    t0 = time.perf_counter()
+    if missing:
+        state = jax.jit(program.init_run)(jax.tree.map(lambda v: v[0], settings))
+        for k in missing:
+            rates[str(k)] = round(_run_steps_per_s(program, settings, state, k, budget_s), 1)
+        if cache_file is not None:
+            try:
+                Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
+                fresh = json.loads(Path(cache_file).read_text()) if Path(cache_file).exists() else {}
+                Path(cache_file).write_text(json.dumps({**fresh, key: rates}, indent=1))
+            except (OSError, ValueError):
+                pass  # a cache that cannot be written only costs the next launch a measurement
+    _MEASURED[key] = rates
+    # the working set is a multiple of the width: count the padding slots a width would add
+    useful = {k: rates[str(k)] * per_device / (-(-per_device // k) * k) for k in candidates}
+    best = max(useful.values())
+    k = min(k for k in candidates if useful[k] >= 0.97 * best)
+    if jax.process_count() > 1:  # every process must compile the same program: process 0 decides
+        from jax.experimental import multihost_utils
+
+        k = int(multihost_utils.broadcast_one_to_all(np.int32(k)))
+    return k, dict(source="measured" if missing else "measured earlier",
+                   run_steps_per_s={str(c): rates[str(c)] for c in candidates},
+                   tune_time_s=round(time.perf_counter() - t0, 3))
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("grokjax")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return "source"
+
+
+def _run_steps_per_s(program: Program, settings: RunSettings, state: RunState, k: int, budget_s: float) -> float:
+    """Run-steps per second of a jitted step over ``k`` runs at vmap width ``k`` (the group's
+    settings; the state, split and rows of its first run, which do not change the cost)."""
+    n = len(settings.seed)
+    hp = jax.tree.map(lambda v: v[np.arange(k) % n], settings)
+    states = jax.tree.map(lambda x: jnp.broadcast_to(x, (k, *x.shape)), state)
+    mask = jnp.arange(program.task.size) < program.train_rows
+    rows = None if program.batch_size else jnp.arange(program.train_rows)
+
+    def step(states, hp):  # the steps of k runs, mapped as the grid maps them
+        return map_runs(lambda s, h: program.train_step(s, h, mask, rows), (states, hp), k, k)
+
+    train = jax.jit(lambda s, h, n: jax.lax.fori_loop(0, n, lambda _, s: step(s, h), s))
+    jax.block_until_ready(train(states, hp, 1))  # compiles
+    t0 = time.perf_counter()
+    jax.block_until_ready(train(states, hp, 1))
+    n = int(np.clip(budget_s / max(time.perf_counter() - t0, 1e-6), 1, 50))
+    t0 = time.perf_counter()
+    jax.block_until_ready(train(states, hp, n))
+    return k * n / (time.perf_counter() - t0)
+
+
+def evals_per_call(n_evals: int, target: int = 25) -> int:
+    """Evaluations per host round trip: a divisor of ``n_evals`` giving about ``target`` round
+    trips, so progress updates often and the program is compiled once."""
+    want = max(1, math.ceil(n_evals / target))
+    return min(d for d in range(want, n_evals + 1) if n_evals % d == 0)
+
+
+def put_runs(x: np.ndarray, sharding: NamedSharding | None) -> jax.Array:
+    """A host array (the same on every process) onto the devices, its run axis sharded."""
+    if sharding is None:
+        return jax.device_put(x)
+    # from a callback, so that each process places only the shards of its own devices
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def to_host(tree):
+    """Device arrays -> numpy, gathering the shards of every process of a multi-host run."""
+    if jax.process_count() == 1:
+        return jax.tree.map(np.asarray, jax.device_get(tree))
+    from jax.experimental import multihost_utils
+
+    return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+
+
+def bytes_per_run(program: Program, settings: RunSettings, runs_per_batch: int) -> tuple[int, int]:
+    """Estimated device bytes of one run's state (parameters, optimizer state, events) and of one
+    vmapped batch's step: every intermediate array of one run's traced training step and of its
+    evaluation on the whole table (an upper bound on what is live at once), times the width.
+    Read off the program itself, whatever the model, loss or optimizer."""
+    one = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape[1:], v.dtype), settings)
+    shapes = jax.eval_shape(program.init_run, one)
+    state = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
+    mask = jax.ShapeDtypeStruct((program.task.size,), jnp.bool_)
+    step = jax.make_jaxpr(lambda s, h, m: program.train_step(s, h, m))(shapes, one, mask)
+    evaluation = jax.make_jaxpr(program.evaluate)(shapes.params, mask)
+    return int(state), (_intermediate_bytes(step.jaxpr) + _intermediate_bytes(evaluation.jaxpr)) * runs_per_batch
+
+
+def _intermediate_bytes(jaxpr) -> int:
+    total = 0
+    for eqn in jaxpr.eqns:
+        for var in eqn.outvars:
+            aval = var.aval
+            if hasattr(aval, "shape") and hasattr(aval, "dtype"):
+                total += int(np.prod(aval.shape, dtype=np.int64)) * aval.dtype.itemsize
+        for param in eqn.params.values():  # nested programs (jit, custom_jvp, ...) count too
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    total += _intermediate_bytes(inner)
+    return total
+
+
+def device_memory_bytes(device: jax.Device | None = None) -> int:
+    """Memory of one device: an accelerator's own, or the host's physical memory for a CPU."""
+    device = device or jax.local_devices()[0]
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def chunk_width(program: Program, settings: RunSettings, runs_per_batch: int, n_devices: int = 1,
+                max_runs: int | None = None, memory_fraction: float = 0.5) -> int:
+    """How many runs a group trains at once (its working set): as many as fit ``memory_fraction``
+    of one device's memory per device share, capped by ``max_runs``, and a multiple of
+    ``runs_per_batch x n_devices``: every run then goes through the same vmap width, so its
+    numbers do not depend on how the grid was chunked."""
+    unit, n_runs = runs_per_batch * n_devices, len(settings.seed)
+    state, step = bytes_per_run(program, settings, runs_per_batch)
+    budget = memory_fraction * device_memory_bytes() - step
+    fit = max(1, int(budget // max(state, 1))) * n_devices
+    width = min(n_runs, fit, max_runs or n_runs)
+    return max(unit, -(-width // unit) * unit)
+
+
+def bucket_sizes(width: int, unit: int) -> list[int]:
+    """Working-set sizes a group shrinks through as its runs finish: width, width/2, width/4,
+    ... (multiples of ``unit``), so finished runs stop costing compute at the price of one
+    compilation per bucket reached (cached on disk)."""
+    sizes = [width]
+    while sizes[-1] > unit:
+        smaller = -(-(sizes[-1] // 2) // unit) * unit
+        if smaller >= sizes[-1]:
+            break
+        sizes.append(smaller)
+    return sizes
+
+
+def abstract_states(program: Program, settings: RunSettings, width: int, mesh: Mesh | None = None):
+    """Shapes, dtypes and shardings of a working set of ``width`` runs (a checkpoint's target);
+    they do not depend on the vmap width. ``settings``: the group's (its structure is used)."""
+    hp = jax.tree.map(lambda v: np.resize(v, (width,)), settings)
+    shapes = jax.eval_shape(make_grid_init(program, width, width, mesh), hp)
+    sharding = NamedSharding(mesh, P(RUN_AXIS)) if mesh is not None else \
+        jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
+
+
+@dataclasses.dataclass
+class Round:
+    """What one host round trip brings back from a group (real runs only, no padding)."""
+
+    run_ids: np.ndarray  # [r] global run ids
+    metrics: dict[str, np.ndarray]  # [r, evals]: CURVE_METRICS, step, recorded
+    events: dict[str, np.ndarray]  # [r]: Events fields after this round
+    step: int  # the furthest step any run of the group has reached
+    run_steps: int  # steps trained so far in this group, summed over runs
+    seconds: float  # training time of the group so far
+    evals: int  # evaluations per run in this round
+    last: bool = False  # the group's final round
+
+
+@dataclasses.dataclass
+class GroupState:
+    """Everything needed to continue a group: the working set and the queue of runs."""
+
+    states: RunState  # [width] on device
+    slots: np.ndarray  # [width] index into the group's runs, -1 for padding
+    next_run: int  # runs[next_run:] have not started
+    run_steps: int = 0
+    base_width: int = 0  # the group's first width: the buckets it shrinks through derive from it
+    runs_per_batch: int = 0  # the group's vmap width, kept so that a resumed group computes alike
+
+
+@dataclasses.dataclass
+class GroupStats:
+    runs_per_batch: int
+    widths: list[int]  # working-set sizes used, in order (chunking and repacking)
+    devices: int
+    compile_time_s: float
+    train_time_s: float
+    run_steps: int  # steps actually trained, summed over runs
+    slot_steps: int  # steps computed, padding and frozen runs included
+    runs_per_batch_choice: dict = dataclasses.field(default_factory=dict)  # how the width was chosen
+
+
+class Stop(Exception):
+    """Raised by an ``on_round`` callback to stop a group after the round it was given."""
+
+
+class GroupTrainer:
+    """Trains every run of one group in a working set of slots; see ``train_group``."""
+
+    def __init__(self, program: Program, settings: RunSettings, mesh: Mesh | None, runs_per_batch: int,
+                 evals_per_round: int):
+        self.program, self.settings, self.mesh = program, settings, mesh
+        self.runs_per_batch, self.evals_per_round = runs_per_batch, evals_per_round
+        self.sharding = NamedSharding(mesh, P(RUN_AXIS)) if mesh is not None else None
+        self.compiled: dict[int, tuple] = {}  # working-set size -> (init, period)
+        self.compile_time = 0.0
+
+    def programs(self, width: int):
+        """The jitted init and the compiled period of a working set of ``width`` slots."""
+        if width not in self.compiled:
+            t0 = time.perf_counter()
+            init = make_grid_init(self.program, width, self.runs_per_batch, self.mesh)
+            hp = self.slot_settings(np.full(width, -1))
+            # lower against placed arrays, so the program expects the shardings it will get
+            period = make_grid_period(self.program, width, self.runs_per_batch, self.evals_per_round,
+                                      self.mesh).lower(init(hp), hp).compile()
+            self.compiled[width] = (init, period)
+            self.compile_time += time.perf_counter() - t0
+        return self.compiled[width]
+
+    def place(self, tree):
+        return jax.tree.map(lambda x: put_runs(np.asarray(x), self.sharding), tree)
+
+    def slot_settings(self, slots: np.ndarray) -> RunSettings:
+        """Settings of each slot, placed; padding slots (-1) repeat run 0's and never train."""
+        return self.place(jax.tree.map(lambda v: v[np.maximum(slots, 0)], self.settings))
+
+    def start(self, states: RunState | None, slots: np.ndarray, fresh: np.ndarray) -> RunState:
+        """Initialize the slots marked ``fresh`` (new runs or padding), keep the others."""
+        init, _ = self.programs(len(slots))
+        new = init(self.slot_settings(slots))
+        new = new.replace(step=jnp.where(self.place(slots < 0), self.program.steps, new.step))
+        return new if states is None else select_tree(self.place(fresh), new, states)
+
+    def round(self, gs: "GroupState") -> tuple[RunState, dict, dict, np.ndarray, np.ndarray]:
+        """One host round trip: train the working set ``evals_per_round`` evaluations; returns the
+        new states, metrics [slots, evals], events, steps and which slots finished."""
+        _, period = self.programs(len(gs.slots))
+        before = to_host(gs.states.step)
+        states, metrics = period(gs.states, self.slot_settings(gs.slots))
+        metrics, events, step = to_host((metrics, states.events, states.step))
+        events = {f.name: np.asarray(getattr(events, f.name)) for f in dataclasses.fields(events)}
+        finished = (step >= self.program.steps) | events["diverged"] | (events["done"] & self.program.rule.stop_early)
+        gs.run_steps += int((step - before)[gs.slots >= 0].sum())
+        return states, metrics, events, step, finished
+
+
+def train_group(program: Program, settings: RunSettings, run_ids: list[int],
+                on_round: Callable[[Round, GroupState], None], *, mesh: Mesh | None = None,
+                max_runs_per_chunk: int | None = None, resume: GroupState | None = None,
+                repack: bool = True, runs_per_batch: int = 0,
+                tune_cache: str | os.PathLike | None = None) -> GroupStats:
+    """Train every run of one group (``settings``: arrays [R], ``run_ids`` their global ids).
+
+    A finished run's slot takes the next run of the queue; once the queue is empty and few runs
+    are left, the survivors are repacked into a smaller bucket (``repack=False`` keeps the width,
+    for benchmarks). The host only places runs, hands each round to ``on_round`` (which may
+    checkpoint the ``GroupState`` or raise ``Stop``) and stops when every run is finished.
+    ``runs_per_batch``: the vmap width (0: chosen by ``tune_runs_per_batch``).
+    """
+    n_runs = len(run_ids)
+    n_dev = mesh.size if mesh is not None else 1
+    # the vmap width never exceeds one device's share of the working set
+    per_device = -(-min(n_runs, max_runs_per_chunk or n_runs) // n_dev)
+    if resume is not None and resume.runs_per_batch:
+        k, choice = resume.runs_per_batch, dict(source="checkpoint")
+    else:
+        k, choice = tune_runs_per_batch(program, settings, per_device, runs_per_batch, tune_cache)
+    width = chunk_width(program, settings, k, n_dev, max_runs_per_chunk)
+    per_call = evals_per_call(program.steps // program.eval_every)
+    trainer = GroupTrainer(program, settings, mesh, k, per_call)
+    if resume is None:
+        slots = np.where(np.arange(width) < n_runs, np.arange(width), -1)
+        gs = GroupState(trainer.start(None, slots, np.ones(width, bool)), slots, int(min(width, n_runs)), 0, width, k)
+    else:
+        gs = resume
+    widths, base, slot_steps = [len(gs.slots)], gs.base_width or len(gs.slots), 0
+    t0, compiled_before = time.perf_counter(), trainer.compile_time
+    while True:
+        states, metrics, events, step, finished = trainer.round(gs)
+        real = gs.slots >= 0
+        slot_steps += len(gs.slots) * per_call * program.eval_every
+        gs.states = states
+        round_ = Round(np.asarray(run_ids)[gs.slots[real]], {key: v[real] for key, v in metrics.items()},
+                       {key: v[real] for key, v in events.items()}, int(step[real].max(initial=0)),
+                       gs.run_steps, time.perf_counter() - t0, per_call)
+        # refill finished slots from the queue, or repack the survivors into a smaller bucket
+        free = np.nonzero(finished | ~real)[0]
+        n_new = min(len(free), n_runs - gs.next_run)
+        if n_new:
+            slots, fresh = gs.slots.copy(), np.zeros(len(gs.slots), bool)
+            slots[free[:n_new]] = np.arange(gs.next_run, gs.next_run + n_new)
+            fresh[free[:n_new]] = True
+            gs = GroupState(trainer.start(gs.states, slots, fresh), slots, gs.next_run + n_new, gs.run_steps, base, k)
+        else:
+            alive = np.nonzero(real & ~finished)[0]
+            if len(alive) == 0:
+                round_.last = True
+                on_round(round_, gs)
+                break
+            smaller = [b for b in bucket_sizes(base, k * n_dev) if b >= len(alive)][-1]
+            if repack and smaller < len(gs.slots):
+                keep = np.concatenate([alive, np.nonzero(~real | finished)[0]])[:smaller]
+                slots = np.where(np.isin(np.arange(len(gs.slots)), alive), gs.slots, -1)[keep]
+                moved = jax.tree.map(lambda x: x[keep], to_host(gs.states))
+                gs = GroupState(trainer.place(moved), slots, gs.next_run, gs.run_steps, base, k)
+                widths.append(smaller)
+        on_round(round_, gs)
+    # buckets compiled on the way do not count as training
+    train_time = time.perf_counter() - t0 - (trainer.compile_time - compiled_before)
+    return GroupStats(k, widths, n_dev, trainer.compile_time, train_time, gs.run_steps, slot_steps, choice)

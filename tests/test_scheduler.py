@@ -1,0 +1,118 @@
+import jax
+import jax.numpy as jnp
+import pandas as pd
+import pytest
+
+import grokjax
+from grokjax.experiment import build_program, run_settings
+from grokjax.scheduler import evals_per_call, train_group, tune_runs_per_batch
+
+
+def test_vmap_width_is_measured_recorded_and_remembered(tmp_path, sweep, monkeypatch):
+    import grokjax.scheduler as scheduler
+
+    config = sweep(grid=dict(seed=list(range(12))))
+    program, settings = build_program(config.runs()[0], config.runs()), run_settings(config.runs())
+    cache = tmp_path / "widths.json"
+    k, choice = tune_runs_per_batch(program, settings, 12, 0, cache)
+    assert choice["source"] == "measured" and set(choice["run_steps_per_s"]) == {"1", "8", "12"}
+    assert str(k) in choice["run_steps_per_s"] and all(r > 0 for r in choice["run_steps_per_s"].values())
+    # 12 runs: width 8 pads the working set to 16 slots, so its rate counts 12 / 16
+    useful = {int(w): r * (12 / (-(-12 // int(w)) * int(w))) for w, r in choice["run_steps_per_s"].items()}
+    assert useful[k] >= 0.97 * max(useful.values())
+    monkeypatch.setattr(scheduler, "_MEASURED", {})  # a new process: the rates come from the file
+    again, choice_again = tune_runs_per_batch(program, settings, 12, 0, cache)
+    assert (again, choice_again["source"], choice_again["run_steps_per_s"]) == (k, "measured earlier",
+                                                                                 choice["run_steps_per_s"])
+    # another budget (steps) costs the same per step: nothing to measure; an explicit width wins
+    assert tune_runs_per_batch(build_program(sweep(train=dict(steps=90)), config.runs()), settings, 12, 0,
+                               cache)[1]["source"] == "measured earlier"
+    assert tune_runs_per_batch(program, settings, 12, 4) == (4, dict(source="config"))
+    meta = grokjax.run_sweep(config, progress=False).meta["groups"][0]
+    assert meta["runs_per_batch"] == k and meta["runs_per_batch_choice"]["source"] == "measured earlier"
+
+
+def test_resumed_group_keeps_its_vmap_width(sweep):
+    import dataclasses
+
+    config = sweep(train=dict(steps=20), grid=dict(seed=[0, 1, 2, 3]))
+    runs = config.runs()
+    program, settings = build_program(runs[0], runs), run_settings(runs)
+    rounds = []
+    stats = train_group(program, settings, list(range(4)),  # the states are donated to the next round: copy
+                        lambda r, gs: rounds.append(dataclasses.replace(gs, states=jax.tree.map(jnp.copy, gs.states))))
+    resumed = train_group(program, settings, list(range(4)), lambda r, gs: None,
+                          resume=dataclasses.replace(rounds[0], runs_per_batch=3))
+    assert stats.runs_per_batch in (1, 4) and resumed.runs_per_batch == 3
+    assert resumed.runs_per_batch_choice == dict(source="checkpoint")
+
+
+@pytest.mark.parametrize("n, expected", [(20, 1), (100, 4), (7, 1), (60, 3)])
+def test_evals_per_call_divides(n, expected):
+    assert evals_per_call(n) == expected and n % expected == 0
+
+
+# --- chunking, repacking, sharding -------------------------------------------------------------
+
+
+def test_chunked_and_repacked_grid_equals_one_chunk(sweep):
+    config = sweep(task=dict(p=23), train=dict(steps=300, eval_every=10, runs_per_batch=2),
+                   events=dict(patience=2), grid=dict(data_fraction=[0.9, 0.3], seed=[0, 1, 2, 3]))
+    whole = grokjax.run_sweep(config, progress=False)
+    chunked = grokjax.run_sweep(config, progress=False, max_runs_per_chunk=3)
+    # the cap of 3 is rounded up to a multiple of runs_per_batch, so every run sees one vmap width
+    assert whole.meta["groups"][0]["widths"][0] == 8 and chunked.meta["groups"][0]["widths"][0] == 4
+    pd.testing.assert_frame_equal(whole.runs, chunked.runs, check_exact=True)
+    pd.testing.assert_frame_equal(whole.curves, chunked.curves, check_exact=True)
+
+
+def test_repacking_saves_compute_when_most_runs_finish_early(sweep):
+    # 6 runs grok within ~700 steps at 80-90 % data; the two at 30 % train for the whole budget
+    config = sweep(task=dict(p=23), train=dict(steps=1500, eval_every=10, runs_per_batch=1), events=dict(patience=2),
+                   grid=dict(data_fraction=[0.9, 0.85, 0.8, 0.3], seed=[0, 1]))
+    results = grokjax.run_sweep(config, progress=False)
+    group = results.meta["groups"][0]
+    assert group["widths"][0] == 8 and group["widths"][-1] < 8
+    assert group["slot_steps"] <= 0.8 * 8 * 1500  # without repacking every slot runs to the end
+    slow = results.runs.query("data_fraction == 0.3")
+    assert (slow.final_step == 1500).all() and results.runs.query("data_fraction > 0.5").done.all()
+
+
+SHARDED = """
+import sys, grokjax
+sys.path.insert(0, {tests!r})
+from conftest import make_sweep
+config = make_sweep(train=dict(steps=40, eval_every=10, runs_per_batch=1),
+                    grid=dict(lr=[1e-2, 1e20], seed=[0, 1, 2, 3, 4]))
+import jax
+assert len(jax.devices()) == 8, jax.devices()
+r = grokjax.run_sweep(config, progress=False, devices={devices}, max_runs_per_chunk={chunk})
+r.runs.to_parquet({out!r} + "/runs.parquet"); r.curves.to_parquet({out!r} + "/curves.parquet")
+print(r.meta["groups"][0]["widths"], r.meta["groups"][0]["devices"])
+"""
+
+
+@pytest.mark.parametrize("devices, chunk", [(8, "None"), (4, 4)])
+def test_sharded_grid_equals_one_device(tmp_path, sweep, devices, chunk):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    # one width everywhere (a measured one could differ between the processes): the same kernels
+    config = sweep(train=dict(steps=40, eval_every=10, runs_per_batch=1),
+                   grid=dict(lr=[1e-2, 1e20], seed=[0, 1, 2, 3, 4]))
+    single = grokjax.run_sweep(config, progress=False)
+    script = SHARDED.format(tests=str(Path(__file__).parent), out=str(tmp_path), devices=devices, chunk=chunk)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    widths, used = proc.stdout.split("] ")
+    assert int(used) == devices and all(int(w) % devices == 0 for w in widths.strip("[").split(","))
+    sharded_runs = pd.read_parquet(tmp_path / "runs.parquet")
+    assert len(sharded_runs) == 10  # padding never shows
+    pd.testing.assert_frame_equal(sharded_runs, single.runs, rtol=1e-4, atol=1e-5)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "curves.parquet"), single.curves, rtol=1e-4, atol=1e-5)
+    assert sharded_runs[sharded_runs.lr == 1e20].diverged.all() and not sharded_runs[sharded_runs.lr == 1e-2].diverged.any()
+
+
