@@ -105,6 +105,7 @@ def resolve(kind: str, name: str) -> Callable:
             raise SweepError(f"{where} = {name!r}: module '{module_name}' has no attribute '{attr}'")
         if not callable(fn):
             raise SweepError(f"{where} = {name!r} is not callable (a {type(fn).__name__}); expected {_contract(kind)}")
+        _check_contract(kind, name, fn)
         return fn
     if kind == "optimizer" and callable(getattr(optax, name, None)) and "learning_rate" in _parameters(
             getattr(optax, name)):
@@ -116,6 +117,23 @@ def resolve(kind: str, name: str) -> Callable:
     extra = "; or any optax optimizer (adam, lion, ...)" if kind == "optimizer" else ""
     raise SweepError(f"{where} = {name!r} is not a known {kind}{hint}; built-in: {', '.join(_REGISTRY[kind])}"
                      f"{extra}; or an import path package.module:attribute")
+
+
+def _check_contract(kind: str, name: str, fn: Callable) -> None:
+    """The call signature a kind of plug-in must accept (what a signature can tell)."""
+    try:
+        params = dict(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return  # a builtin or C callable: no signature to read
+    positional = [p for p in params.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    varargs = any(p.kind == p.VAR_POSITIONAL for p in params.values())
+    if kind == "optimizer" and "learning_rate" not in params and not takes_any_keyword(fn):
+        problem = "takes no learning_rate"
+    elif kind in ("model", "loss") and len(positional) < 2 and not varargs:
+        problem = f"takes {len(positional)} positional argument{'s' if len(positional) != 1 else ''}, not 2"
+    else:
+        return
+    raise SweepError(f"{_WHERE[kind]} = {name!r} {problem}; expected {_contract(kind)}")
 
 
 def optax_optimizers() -> list[str]:
@@ -206,15 +224,19 @@ def convert_setting(where: str, param: inspect.Parameter | None, value):
 
 def call_factory(kind: str, name: str, fn: Callable, *args, **settings):
     """Call a plug-in factory; its ``ValueError`` (bad settings) or any other exception becomes a
-    ``SweepError`` naming the section and the plug-in."""
+    ``SweepError`` naming the section and the plug-in, as does a result of the wrong kind."""
     try:
-        return fn(*args, **settings)
+        out = fn(*args, **settings)
     except SweepError:
         raise
     except ValueError as e:
         raise SweepError(f"{_WHERE[kind]} = {name!r}: {e}") from None
     except Exception as e:  # noqa: BLE001 - a user's factory: report it, do not crash
         raise SweepError(f"{_WHERE[kind]} = {name!r} raised {type(e).__name__}: {e}") from None
+    expected = {"model": ("init", "apply"), "optimizer": ("init", "update")}.get(kind, ())
+    if not all(hasattr(out, attr) for attr in expected):
+        raise SweepError(f"{_WHERE[kind]} = {name!r} returned {type(out).__name__}; expected {_contract(kind)}")
+    return out
 
 
 @functools.lru_cache(maxsize=64)

@@ -289,7 +289,8 @@ class SweepConfig:
 
 
 def load_sweep(path: str | Path) -> SweepConfig:
-    """Read and validate a sweep file; raises ``SweepError`` naming the bad field."""
+    """Read and validate a sweep file; raises ``SweepError`` naming the bad field. The file's
+    folder joins the Python path, so that plug-ins beside it import by name."""
     path = Path(path)
     if not path.is_file():
         raise SweepError(f"sweep file not found: {path}")
@@ -300,6 +301,9 @@ def load_sweep(path: str | Path) -> SweepConfig:
     except UnicodeDecodeError:
         raise SweepError(f"{path}: not a text (UTF-8) TOML file") from None
     raw.setdefault("name", path.stem)
+    folder = str(path.resolve().parent)  # plug-ins named by import path may live beside the sweep file
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
     try:
         return sweep_from_dict(raw)
     except SweepError as e:

@@ -1,0 +1,80 @@
+"""Plug-ins as a user writes them, outside the grokjax package (the contract tests use them)."""
+
+import itertools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import grokjax
+
+
+def weighted_sum(p: int = 7, k: int = 3) -> grokjax.Task:
+    """(t_1 + 2 t_2 + ... + k t_k) mod p over every k-tuple."""
+    inputs = np.array(list(itertools.product(range(p), repeat=k)), dtype=np.int32)
+    return grokjax.Task("weighted_sum", inputs, (inputs * np.arange(1, k + 1)).sum(1) % p, p)
+
+
+class FlatNet(nn.Module):
+    n_symbols: int
+    n_classes: int
+    width: int = 32
+
+    @nn.compact
+    def __call__(self, tokens):
+        x = nn.Embed(self.n_symbols, 8)(tokens).reshape(tokens.shape[0], -1)
+        return nn.Dense(self.n_classes)(nn.tanh(nn.Dense(self.width)(x)))
+
+
+def flat_net(n_symbols: int, n_classes: int, width: int = 32) -> nn.Module:
+    return FlatNet(n_symbols, n_classes, width)
+
+
+def penalized_cross_entropy(outputs, labels):
+    """Cross-entropy plus a small penalty on the logits, per example."""
+    ce = optax.softmax_cross_entropy_with_integer_labels(outputs, labels)
+    return ce + 1e-3 * jnp.mean(jnp.square(outputs), axis=-1)
+
+
+# --- plug-ins that break the contract -------------------------------------------------------
+
+
+def string_task() -> grokjax.Task:
+    return grokjax.Task("strings", np.array([["a", "b"]] * 4), np.zeros(4, np.int32), 2)
+
+
+def not_a_task():
+    return {"inputs": np.zeros((4, 2))}
+
+
+def wide_net(n_symbols: int, n_classes: int) -> nn.Module:
+    return FlatNet(n_symbols, n_classes + 1)
+
+
+class Boom(nn.Module):
+    n_symbols: int
+    n_classes: int
+
+    @nn.compact
+    def __call__(self, tokens):
+        raise ValueError("boom: my model is broken")
+
+
+def scalar_loss(outputs, labels):
+    return optax.softmax_cross_entropy_with_integer_labels(outputs, labels).mean()
+
+
+def branching_sgd(learning_rate, decay: float = 0.9):
+    if decay > 0.5:  # Python control flow on a per-run (traced) value
+        return optax.sgd(learning_rate, momentum=decay)
+    return optax.sgd(learning_rate)
+
+
+def raising_task(p: int = 5):
+    raise RuntimeError("disk on fire")
+
+
+def jax_task():
+    return jax.numpy.zeros(3)
