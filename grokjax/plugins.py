@@ -157,9 +157,13 @@ def _parameters(fn: Callable) -> dict[str, inspect.Parameter]:
 
 
 def settings_of(kind: str, fn: Callable) -> dict[str, inspect.Parameter]:
-    """The keyword settings a plug-in takes (its signature, less the contract's own arguments)."""
-    return {k: p for k, p in _parameters(fn).items()
-            if k not in CONTRACT_ARGS[kind] and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    """The keyword settings a plug-in takes: its signature less the contract's own arguments (a
+    model's or loss's first two, whatever their names; an optimizer's learning_rate)."""
+    params = {k: p for k, p in _parameters(fn).items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    if kind in ("model", "loss"):
+        for key in [k for k, p in params.items() if p.kind != p.KEYWORD_ONLY][:2]:
+            params.pop(key)
+    return {k: p for k, p in params.items() if k not in CONTRACT_ARGS[kind]}
 
 
 def takes_any_keyword(fn: Callable) -> bool:

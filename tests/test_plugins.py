@@ -136,7 +136,9 @@ BAD_PLUGINS = [
     (dict(optimizer=dict(name="user_plugins:flat_net")), "optimizer.name = 'user_plugins:flat_net' takes no", ""),
     (dict(model=dict(name="user_plugins:not_a_task")), "model.name = 'user_plugins:not_a_task' takes 0 "
      "positional arguments, not 2", "expected fn(n_symbols, n_classes"),
-    (dict(model=dict(name="user_plugins:penalized_cross_entropy")), "returned Array",
+    (dict(model=dict(name="user_plugins:penalized_cross_entropy")),
+     "model.name = 'user_plugins:penalized_cross_entropy' raised TypeError", "dtype"),
+    (dict(model=dict(name="user_plugins:dict_model")), "model.name = 'user_plugins:dict_model' returned dict",
      "expected fn(n_symbols, n_classes, **settings) -> flax.linen.Module"),
     (dict(task=dict(name="user_plugins:jax_task")), "returned ArrayImpl", "expected a grokjax.Task"),
 ]

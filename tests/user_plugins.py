@@ -78,3 +78,7 @@ def raising_task(p: int = 5):
 
 def jax_task():
     return jax.numpy.zeros(3)
+
+
+def dict_model(n_symbols, n_classes):
+    return {"layers": 2}
