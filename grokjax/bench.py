@@ -21,7 +21,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from grokjax.experiment import build_program, one_run, run_settings
 from grokjax.plugins import build_task

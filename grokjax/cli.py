@@ -16,7 +16,7 @@ from grokjax.analysis import METRICS, cell_summary
 from grokjax.plots import FORMATS, default_axes, plot_results
 from grokjax.results import load_results
 from grokjax.run import Interrupted, enable_compilation_cache, run_sweep
-from grokjax.sweep import FIELDS, SweepError, load_sweep
+from grokjax.sweep import SweepError, load_sweep
 
 EXIT_BAD_INPUT = 2
 

@@ -4,7 +4,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pandas as pd
 import pytest
 from user_plugins import FlatNet, penalized_cross_entropy, weighted_sum
 

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 import grokjax
-from grokjax.experiment import build_program, run_settings
+from grokjax.experiment import build_program
 from grokjax.program import draw_batch, split_mask
 
 
