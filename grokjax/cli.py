@@ -142,6 +142,7 @@ def _summary_command(args) -> int:
 
 
 def _info(args) -> int:
+    from grokjax.plugins import plugin_doc, resolve, settings_of
     from grokjax.run import package_versions
     from grokjax.sweep import describe_settings
     from grokjax.tasks import describe_tasks
@@ -155,6 +156,21 @@ def _info(args) -> int:
     for row in describe_settings():
         star = "*" if row["per_run"] else " "
         print(f" {star} {row['section']}.{row['key']} = {row['default']!r}; {row['allowed']}; {row['doc']}")
+    if args.file:
+        try:
+            config = load_sweep(args.file)
+        except SweepError as e:
+            return _fail(str(e))
+        print(f"\nplug-ins of {args.file} (section.key = value or default; * = per-run array):")
+        for kind in ("task", "model", "optimizer"):
+            part = getattr(config, kind)
+            print(f"  [{kind}] {part.name}: {plugin_doc(kind, part.name)}")
+            values = {**{k: (None if p.default is p.empty else p.default)
+                         for k, p in settings_of(kind, resolve(kind, part.name)).items()}, **dict(part.settings)}
+            for key, value in values.items():
+                star = "*" if kind == "optimizer" and isinstance(value, float) else " "
+                print(f"   {star} {kind}.{key} = {value!r}")
+        print(f"  train.loss = {config.train.loss}: {plugin_doc('loss', config.train.loss)}")
     print("\nany setting above but [events] and runs_per_batch may be a grid axis; a plug-in named by import path "
           "takes its own keyword arguments as settings")
     return 0
@@ -218,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, help="steps timed per run (default 50; quick: 10)")
     bench.set_defaults(func=_bench)
     info = sub.add_parser("info", help="versions, devices, tasks and every sweep setting")
+    info.add_argument("file", nargs="?", help="a sweep file: also list the settings of its plug-ins")
     info.set_defaults(func=_info)
     return parser
 

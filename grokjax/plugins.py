@@ -142,6 +142,12 @@ def optax_optimizers() -> list[str]:
                   and "learning_rate" in _parameters(getattr(optax, n)))
 
 
+def plugin_doc(kind: str, name: str) -> str:
+    """The first line of a plug-in's docstring (what ``grokjax info`` shows)."""
+    doc = inspect.getdoc(resolve(kind, name)) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else "(no docstring)"
+
+
 def _contract(kind: str) -> str:
     return {"task": "fn(**settings) -> grokjax.Task",
             "model": "fn(n_symbols, n_classes, **settings) -> flax.linen.Module",

@@ -186,14 +186,14 @@ def s5_task(op: str) -> Callable[..., Task]:
 # Beyond two operands
 
 
-def sparse_parity(n: int = 40, k: int = 3, examples: int = 2000, seed: int = 0) -> Task:
+def sparse_parity(n: int = 40, k: int = 3, examples: int = 2000, table_seed: int = 0) -> Task:
     """Sparse parity (Barak et al. 2022): ``n`` random bits, the label is the parity of ``k``
-    of them (fixed by ``seed``, as are the examples). The full table of ``2^n`` inputs when
+    of them (fixed by ``table_seed``, as are the examples). The full table of ``2^n`` inputs when
     ``examples`` is 0 (``n <= 20``), else ``examples`` distinct draws. Inputs are bit tokens
     ``[N, n]`` (two symbols), labels the parity (two classes)."""
     if not 1 <= k <= n:
         raise ValueError(f"k must be between 1 and n = {n}, got {k}")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(table_seed)
     relevant = np.sort(rng.choice(n, k, replace=False))
     if examples == 0:
         if n > 20:

@@ -86,7 +86,7 @@ def test_unknown_task_and_small_p():
 
 
 def test_sparse_parity_labels_the_parity_of_k_fixed_bits():
-    task = sparse_parity(n=10, k=3, examples=0, seed=4)
+    task = sparse_parity(n=10, k=3, examples=0, table_seed=4)
     assert task.inputs.shape == (1024, 10) and task.n_symbols == 2 and task.n_classes == 2
     assert len({tuple(r) for r in task.inputs}) == 1024  # the full table
     # exactly three coordinates decide the label: flipping any of them flips it, others do not
