@@ -56,7 +56,7 @@ def cell_summary(runs: pd.DataFrame, x: str = "data_fraction", y: str | None = "
 
 
 def phase_shares(runs: pd.DataFrame, x: str = "data_fraction", y: str | None = "weight_decay") -> pd.DataFrame:
-    """Share of runs in each phase per cell: one column per phase (FIELD.md), rows sum to 1."""
+    """Share of runs in each phase per cell: one column per phase (metrics.PHASES), rows sum to 1."""
     keys = [k for k in (y, x) if k is not None]
     shares = pd.crosstab([runs[k] for k in keys], runs["phase"], normalize="index")
     return shares.reindex(columns=list(PHASES), fill_value=0.0).reset_index().rename_axis(columns=None)

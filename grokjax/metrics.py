@@ -45,6 +45,11 @@ class EventRule:
     stop_early: bool = True
 
 
+def weighted_mean(x: jax.Array, weights: jax.Array) -> jax.Array:
+    """Mean of ``x`` over the rows ``weights`` selects (0 where none is)."""
+    return jnp.sum(x * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
 def evaluate(outputs: jax.Array, labels: jax.Array, train_mask: jax.Array, params, loss_fn: Callable,
              regression: bool = False, tolerance: float = 0.5) -> dict[str, jax.Array]:
     """Train/test loss (the training loss ``loss_fn``) and accuracy over the full table, split by
@@ -58,15 +63,11 @@ def evaluate(outputs: jax.Array, labels: jax.Array, train_mask: jax.Array, param
     correct = correct.astype(jnp.float32)
     train = train_mask.astype(jnp.float32)
     test = 1.0 - train
-
-    def mean(x, w):
-        return jnp.sum(x * w) / jnp.maximum(jnp.sum(w), 1.0)
-
     return dict(
-        train_loss=mean(loss, train),
-        train_acc=mean(correct, train),
-        test_loss=mean(loss, test),
-        test_acc=mean(correct, test),
+        train_loss=weighted_mean(loss, train),
+        train_acc=weighted_mean(correct, train),
+        test_loss=weighted_mean(loss, test),
+        test_acc=weighted_mean(correct, test),
         param_norm=optax.tree.norm(params),
     )
 

@@ -190,7 +190,8 @@ def check_settings(kind: str, name: str, fn: Callable, settings: dict[str, Any],
     for key, value in settings.items():
         if key not in params and not takes_any_keyword(fn):
             allowed = list(params)
-            hint = f" (did you mean '{close[0]}'?)" if (close := difflib.get_close_matches(key, allowed, 1, 0.5)) else ""
+            close = difflib.get_close_matches(key, allowed, 1, 0.5)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise SweepError(f"unknown key '{key}' in {where}: {kind} '{name}' does not take it{hint}; "
                              f"it takes: {', '.join(allowed) or 'no settings'}")
         out[key] = convert_setting(f"{where.strip('[]')}.{key}", params.get(key), value)

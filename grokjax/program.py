@@ -24,7 +24,7 @@ from flax import struct
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from grokjax.metrics import EventRule, Events, evaluate, update_events
+from grokjax.metrics import EventRule, Events, evaluate, update_events, weighted_mean
 from grokjax.models import init_params
 from grokjax.optim import lr_schedule, make_optimizer
 from grokjax.tasks import Task
@@ -81,10 +81,6 @@ def draw_batch(key, train_mask: jax.Array, batch_size: int) -> tuple[jax.Array, 
     scores = jnp.where(train_mask, jax.random.gumbel(key, train_mask.shape), -jnp.inf)
     idx = jax.lax.top_k(scores, batch_size)[1]
     return idx, train_mask[idx]
-
-
-def _weighted_mean(x: jax.Array, weights: jax.Array) -> jax.Array:
-    return jnp.sum(x * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -149,7 +145,7 @@ class Program:
         inputs, labels, weights = inputs[idx], labels[idx], weights.astype(jnp.float32)
 
         def loss_fn(params):
-            return _weighted_mean(self.loss(self.apply(params, inputs), labels), weights)
+            return weighted_mean(self.loss(self.apply(params, inputs), labels), weights)
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
         updates, opt_state = self.tx(settings).update(grads, state.opt_state, state.params)

@@ -32,6 +32,10 @@ def evals_per_call(n_evals: int, target: int = 25) -> int:
     return min(d for d in range(want, n_evals + 1) if n_evals % d == 0)
 
 
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def put_runs(x: np.ndarray, sharding: NamedSharding | None) -> jax.Array:
     """A host array (the same on every process) onto the devices, its run axis sharded."""
     if sharding is None:
@@ -98,7 +102,7 @@ def chunk_width(program: Program, settings: RunSettings, runs_per_batch: int, n_
     budget = memory_fraction * device_memory_bytes() - step
     fit = max(1, int(budget // max(state, 1))) * n_devices
     width = min(n_runs, fit, max_runs or n_runs)
-    return max(unit, -(-width // unit) * unit)
+    return max(unit, ceil_div(width, unit) * unit)
 
 
 def bucket_sizes(width: int, unit: int) -> list[int]:
@@ -107,7 +111,7 @@ def bucket_sizes(width: int, unit: int) -> list[int]:
     compilation per bucket reached (cached on disk)."""
     sizes = [width]
     while sizes[-1] > unit:
-        smaller = -(-(sizes[-1] // 2) // unit) * unit
+        smaller = ceil_div(sizes[-1] // 2, unit) * unit
         if smaller >= sizes[-1]:
             break
         sizes.append(smaller)
@@ -204,16 +208,16 @@ class GroupTrainer:
         new = new.replace(step=jnp.where(self.place(slots < 0), self.program.steps, new.step))
         return new if states is None else select_tree(self.place(fresh), new, states)
 
-    def round(self, gs: "GroupState") -> tuple[RunState, dict, dict, np.ndarray, np.ndarray]:
+    def round(self, group: "GroupState") -> tuple[RunState, dict, dict, np.ndarray, np.ndarray]:
         """One host round trip: train the working set ``evals_per_round`` evaluations; returns the
         new states, metrics [slots, evals], events, steps and which slots finished."""
-        _, period = self.programs(len(gs.slots))
-        before = to_host(gs.states.step)
-        states, metrics = period(gs.states, self.slot_settings(gs.slots))
+        _, period = self.programs(len(group.slots))
+        before = to_host(group.states.step)
+        states, metrics = period(group.states, self.slot_settings(group.slots))
         metrics, events, step = to_host((metrics, states.events, states.step))
         events = {f.name: np.asarray(getattr(events, f.name)) for f in dataclasses.fields(events)}
         finished = (step >= self.program.steps) | events["diverged"] | (events["done"] & self.program.rule.stop_early)
-        gs.run_steps += int((step - before)[gs.slots >= 0].sum())
+        group.run_steps += int((step - before)[group.slots >= 0].sum())
         return states, metrics, events, step, finished
 
 
@@ -233,51 +237,55 @@ def train_group(program: Program, settings: RunSettings, run_ids: list[int],
     n_runs = len(run_ids)
     n_dev = mesh.size if mesh is not None else 1
     # the vmap width never exceeds one device's share of the working set
-    per_device = -(-min(n_runs, max_runs_per_chunk or n_runs) // n_dev)
+    per_device = ceil_div(min(n_runs, max_runs_per_chunk or n_runs), n_dev)
     if resume is not None and resume.runs_per_batch:
-        k, choice = resume.runs_per_batch, dict(source="checkpoint")
+        per_batch, choice = resume.runs_per_batch, dict(source="checkpoint")
     else:
-        k, choice = tune_runs_per_batch(program, settings, per_device, runs_per_batch, tune_cache)
-    width = chunk_width(program, settings, k, n_dev, max_runs_per_chunk)
+        per_batch, choice = tune_runs_per_batch(program, settings, per_device, runs_per_batch, tune_cache)
+    width = chunk_width(program, settings, per_batch, n_dev, max_runs_per_chunk)
     per_call = evals_per_call(program.steps // program.eval_every)
-    trainer = GroupTrainer(program, settings, mesh, k, per_call)
+    trainer = GroupTrainer(program, settings, mesh, per_batch, per_call)
     if resume is None:
         slots = np.where(np.arange(width) < n_runs, np.arange(width), -1)
-        gs = GroupState(trainer.start(None, slots, np.ones(width, bool)), slots, int(min(width, n_runs)), 0, width, k)
+        group = GroupState(trainer.start(None, slots, np.ones(width, bool)), slots, int(min(width, n_runs)), 0, width,
+                           per_batch)
     else:
-        gs = resume
-    widths, base, slot_steps = [len(gs.slots)], gs.base_width or len(gs.slots), 0
+        group = resume
+    widths, first_width, slot_steps = [len(group.slots)], group.base_width or len(group.slots), 0
     t0, compiled_before = time.perf_counter(), trainer.compile_time
     while True:
-        states, metrics, events, step, finished = trainer.round(gs)
-        real = gs.slots >= 0
-        slot_steps += len(gs.slots) * per_call * program.eval_every
-        gs.states = states
-        round_ = Round(np.asarray(run_ids)[gs.slots[real]], {key: v[real] for key, v in metrics.items()},
+        states, metrics, events, step, finished = trainer.round(group)
+        real = group.slots >= 0
+        slot_steps += len(group.slots) * per_call * program.eval_every
+        group.states = states
+        round_ = Round(np.asarray(run_ids)[group.slots[real]], {key: v[real] for key, v in metrics.items()},
                        {key: v[real] for key, v in events.items()}, int(step[real].max(initial=0)),
-                       gs.run_steps, time.perf_counter() - t0, per_call)
+                       group.run_steps, time.perf_counter() - t0, per_call)
         # refill finished slots from the queue, or repack the survivors into a smaller bucket
         free = np.nonzero(finished | ~real)[0]
-        n_new = min(len(free), n_runs - gs.next_run)
+        n_new = min(len(free), n_runs - group.next_run)
         if n_new:
-            slots, fresh = gs.slots.copy(), np.zeros(len(gs.slots), bool)
-            slots[free[:n_new]] = np.arange(gs.next_run, gs.next_run + n_new)
+            slots, fresh = group.slots.copy(), np.zeros(len(group.slots), bool)
+            slots[free[:n_new]] = np.arange(group.next_run, group.next_run + n_new)
             fresh[free[:n_new]] = True
-            gs = GroupState(trainer.start(gs.states, slots, fresh), slots, gs.next_run + n_new, gs.run_steps, base, k)
+            group = GroupState(trainer.start(group.states, slots, fresh), slots, group.next_run + n_new,
+                               group.run_steps, first_width, per_batch)
         else:
             alive = np.nonzero(real & ~finished)[0]
             if len(alive) == 0:
                 round_.last = True
-                on_round(round_, gs)
+                on_round(round_, group)
                 break
-            smaller = [b for b in bucket_sizes(base, k * n_dev) if b >= len(alive)][-1]
-            if repack and smaller < len(gs.slots):
+            smaller = [b for b in bucket_sizes(first_width, per_batch * n_dev) if b >= len(alive)][-1]
+            if repack and smaller < len(group.slots):
                 keep = np.concatenate([alive, np.nonzero(~real | finished)[0]])[:smaller]
-                slots = np.where(np.isin(np.arange(len(gs.slots)), alive), gs.slots, -1)[keep]
-                moved = jax.tree.map(lambda x: x[keep], to_host(gs.states))
-                gs = GroupState(trainer.place(moved), slots, gs.next_run, gs.run_steps, base, k)
+                slots = np.where(np.isin(np.arange(len(group.slots)), alive), group.slots, -1)[keep]
+                moved = jax.tree.map(lambda x: x[keep], to_host(group.states))
+                group = GroupState(trainer.place(moved), slots, group.next_run, group.run_steps, first_width,
+                                   per_batch)
                 widths.append(smaller)
-        on_round(round_, gs)
+        on_round(round_, group)
     # buckets compiled on the way do not count as training
     train_time = time.perf_counter() - t0 - (trainer.compile_time - compiled_before)
-    return GroupStats(k, widths, n_dev, trainer.compile_time, train_time, gs.run_steps, slot_steps, choice)
+    return GroupStats(per_batch, widths, n_dev, trainer.compile_time, train_time, group.run_steps, slot_steps,
+                      choice)

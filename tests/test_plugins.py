@@ -165,3 +165,14 @@ def test_a_broken_plugin_beside_the_sweep_file_exits_2_without_a_traceback(tmp_p
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "model.name = 'mine:Net' maps inputs (2, 2) to outputs (2, 3)" in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_the_examples_sweep_loads_its_own_package_and_trains():
+    from pathlib import Path
+
+    config = grokjax.load_sweep(Path(__file__).parent.parent / "examples" / "lion_grid.toml")
+    assert config.task.name == "my_grokking:modular_sum" and config.optimizer.name == "lion"
+    short = config.replace(steps=20, eval_every=10, p=11)
+    results = grokjax.run_sweep(short, progress=False)
+    assert len(results.runs) == 9 and len(results.meta["groups"]) == 1
+    assert results.runs.final_train_loss.notna().all()
