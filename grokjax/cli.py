@@ -15,7 +15,7 @@ import pandas as pd
 from grokjax.analysis import METRICS, cell_summary
 from grokjax.plots import FORMATS, default_axes, plot_results
 from grokjax.results import load_results
-from grokjax.run import Interrupted, enable_compilation_cache, run_sweep
+from grokjax.run import Interrupted, enable_compilation_cache, make_mesh, run_sweep
 from grokjax.sweep import SweepError, load_sweep
 
 EXIT_BAD_INPUT = 2
@@ -40,11 +40,17 @@ def _run(args) -> int:
         return _fail(f"--out {out} exists and is not a folder")
     n_runs = len(config.runs())
     axes = ", ".join(f"{k} x{len(v)}" for k, v in config.grid) or "no grid axes"
+    if args.dry_run:
+        try:
+            make_mesh(args.devices)
+        except SweepError as e:
+            return _fail(str(e))
+        return _dry_run(config, n_runs, axes)
     print(f"grokjax: sweep '{config.name}': {n_runs} runs ({axes}), writing to {out}", file=sys.stderr)
     try:
         results = run_sweep(config, out=out, progress=not args.quiet, sweep_text=Path(args.file).read_text(),
                             devices=args.devices, max_runs_per_chunk=args.max_runs_per_chunk,
-                            checkpoint_every=args.checkpoint_every, resume=args.resume)
+                            checkpoint_every=args.checkpoint_every, resume=args.resume, overwrite=args.overwrite)
     except SweepError as e:
         return _fail(str(e))
     except Interrupted as e:
@@ -64,6 +70,23 @@ def _run(args) -> int:
     if not args.quiet:
         axes = axes or (next((k for k, v in config.grid if k != "seed" and len(v) > 1), "seed"), None)
         print(_summary(runs, *axes))
+    return 0
+
+
+def _dry_run(config, n_runs: int, axes: str) -> int:
+    """Check everything a run checks (plug-ins built and traced) and print the plan; train nothing."""
+    from grokjax.experiment import build_program
+    from grokjax.run import group_runs
+
+    runs = config.runs()
+    groups = group_runs(runs)
+    try:
+        for ids in groups:
+            build_program(runs[ids[0]], [runs[i] for i in ids])
+    except SweepError as e:
+        return _fail(str(e))
+    print(f"grokjax: sweep '{config.name}' is valid: {n_runs} runs ({axes}) in {len(groups)} "
+          f"program{'s' if len(groups) != 1 else ''}; nothing trained (--dry-run)")
     return 0
 
 
@@ -102,7 +125,7 @@ def _load(path: str):
     path = Path(path)
     try:
         return path, load_results(path)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, SweepError) as e:
         raise _BadInput(str(e)) from None
 
 
@@ -204,6 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint-every", type=int, default=50, metavar="EVALS",
                      help="evaluations between checkpoints in DIR/checkpoints (default 50; 0: none)")
     run.add_argument("--resume", action="store_true", help="continue a stopped sweep from its newest checkpoint")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace the results of another sweep in --out (refused without it)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="check the sweep file and its plug-ins, print the plan, train and write nothing")
     run.add_argument("--distributed", action="store_true",
                      help="one process per host under jax.distributed (addresses from SLURM or JAX's variables)")
     run.add_argument("--coordinator", metavar="HOST:PORT", help="multi-host: the coordinator's address")

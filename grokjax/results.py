@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from grokjax.metrics import CURVE_METRICS, NEVER, classify_phases
+from grokjax.errors import SweepError
 from grokjax.sweep import SweepConfig
 
 RUNS_FILE, CURVES_FILE, META_FILE, SWEEP_FILE = "runs.parquet", "curves.parquet", "meta.json", "sweep.toml"
@@ -77,15 +78,29 @@ def write_results(out: Path, runs: pd.DataFrame, curves: pd.DataFrame, meta: dic
 
 
 def load_results(path: str | Path) -> Results:
-    """The tables of a results folder as pandas DataFrames (``.runs``, ``.curves``) and ``.meta``."""
+    """The tables of a results folder as pandas DataFrames (``.runs``, ``.curves``) and ``.meta``.
+    Raises ``FileNotFoundError`` for a folder without results, ``SweepError`` naming the file for
+    a damaged one (truncated parquet or JSON)."""
+    if not isinstance(path, (str, Path)):
+        raise SweepError(f"load_results needs a folder path, got {type(path).__name__}")
     path = Path(path)
     if not (path / RUNS_FILE).is_file():
         raise FileNotFoundError(f"no {RUNS_FILE} in {path}: not a grokjax results folder")
-    meta_path = path / META_FILE
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    curves_path = path / CURVES_FILE
-    curves = pd.read_parquet(curves_path) if curves_path.is_file() else curves_table([])
-    return Results(pd.read_parquet(path / RUNS_FILE), curves, meta)
+    meta_path, curves_path = path / META_FILE, path / CURVES_FILE
+    try:
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SweepError(f"{meta_path} is damaged (not readable JSON: {e}); the tables may still be intact") from None
+    tables = []
+    for file in (path / RUNS_FILE, curves_path):
+        try:
+            tables.append(pd.read_parquet(file) if file.is_file() else curves_table([]))
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds for a truncated file
+            raise SweepError(f"{file} is damaged (not a readable parquet table: {type(e).__name__}); rerun the "
+                             f"sweep or resume it from its checkpoints") from None
+    return Results(tables[0], tables[1], meta)
 
 
 __all__ = ["Results", "load_results", "write_results", "runs_table", "curves_table"]

@@ -23,6 +23,7 @@ import pandas as pd
 
 from grokjax.checkpoint import SweepCheckpointer, config_fingerprint
 from grokjax.experiment import build_program, run_settings
+from grokjax.folder import FolderLock, check_target
 from grokjax.program import RUN_AXIS, Program, RunSettings
 from grokjax.results import Results, curves_table, runs_table, write_results
 from grokjax.scheduler import GroupState, Round, Stop, abstract_states, train_group
@@ -113,6 +114,7 @@ class Recorder:
         self.curve_parts: list[dict] = []
         self.events: dict[int, dict] = {}  # run_id -> latest events
         self.last_write = time.perf_counter()
+        self.started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
     def record(self, round_: Round) -> None:
         keep = round_.metrics["recorded"]
@@ -158,7 +160,9 @@ class Recorder:
     def write(self, meta: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
         table, curves = self.tables()
         if self.out is not None and table is not None:
-            write_results(self.out, table, curves, dict(name=self.config.name, **meta), self.sweep_text)
+            write_results(self.out, table, curves, dict(name=self.config.name, config=config_fingerprint(self.config),
+                                                        runs=len(self.runs), started_at=self.started, **meta),
+                          self.sweep_text)
         self.last_write = time.perf_counter()
         return table, curves
 
@@ -218,7 +222,7 @@ class Session:
 def run_sweep(config: SweepConfig, out: str | Path | None = None, progress: bool | Callable = True,
               sweep_text: str | None = None, write_every_s: float = 30.0, devices: int | None = None,
               max_runs_per_chunk: int | None = None, checkpoint_every: int = 0, resume: bool = False,
-              repack: bool = True, tune_cache: str | Path | None = "auto") -> Results:
+              repack: bool = True, tune_cache: str | Path | None = "auto", overwrite: bool = False) -> Results:
     """Train every run of ``config``; with ``out``, write the results folder there (part-way
     results every ``write_every_s``, flagged ``complete: false`` in meta.json, then the final ones).
 
@@ -231,8 +235,11 @@ def run_sweep(config: SweepConfig, out: str | Path | None = None, progress: bool
     checkpointed sweep also saves one and raises ``Interrupted`` on SIGINT or SIGTERM;
     ``resume``: continue from the newest readable checkpoint (refused if the settings changed);
     ``tune_cache``: file keeping the measured vmap widths (default: beside the persistent
-    compilation cache when one is enabled; None: measure again each launch).
-    Every group's plug-ins are built and traced before anything trains or is written.
+    compilation cache when one is enabled; None: measure again each launch);
+    ``overwrite``: replace the results of another sweep in ``out`` (refused otherwise; the same
+    sweep launched again replaces its own results).
+    Every group's plug-ins are built and traced before anything trains or is written; ``out`` is
+    locked while the sweep writes there (a second writer is refused).
     """
     if not isinstance(config, SweepConfig):
         raise SweepError(f"run_sweep needs a SweepConfig (from load_sweep or sweep_from_dict), got "
@@ -246,18 +253,37 @@ def run_sweep(config: SweepConfig, out: str | Path | None = None, progress: bool
               for ids in group_runs(runs)]
     primary = jax.process_index() == 0  # in a multi-host run, process 0 reports and writes
     out = Path(out) if out is not None else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise SweepError(f"--out {out} exists and is not a folder")
+    if resume and (out is None or checkpoint_every <= 0):
+        raise SweepError("--resume needs a results folder with checkpoints (--out DIR and --checkpoint-every N > 0)")
+    with FolderLock(out) if out is not None and primary else contextlib.nullcontext():
+        return _train(config, runs, groups, out, primary, progress, sweep_text, write_every_s, devices,
+                      max_runs_per_chunk, checkpoint_every, resume, overwrite, repack, tune_cache, started, t_start)
+
+
+def _train(config, runs, groups, out, primary, progress, sweep_text, write_every_s, devices, max_runs_per_chunk,
+           checkpoint_every, resume, overwrite, repack, tune_cache, started, t_start) -> Results:
+    """``run_sweep`` once its input is checked and the folder is locked."""
     recorder = Recorder(config, runs, out if primary else None, sweep_text, write_every_s)
     mesh = make_mesh(devices)
-    if out is not None and primary and not resume and (out / "checkpoints").exists():
-        shutil.rmtree(out / "checkpoints")  # a fresh start: the old sweep's checkpoints no longer apply
-    checkpointer = SweepCheckpointer(out / "checkpoints") if out is not None and checkpoint_every > 0 else None
-    if resume and checkpointer is None:
-        raise SweepError("--resume needs a results folder with checkpoints (--out DIR and --checkpoint-every N > 0)")
+    checkpoints = out / "checkpoints" if out is not None and checkpoint_every > 0 else None
     restored = None
-    if resume:
+    if resume and checkpoints.exists():
+        checkpointer = SweepCheckpointer(checkpoints)
         checkpointer.check_config(config)
         restored = checkpointer.restore(lambda meta: abstract_states(
             groups[meta["group"]].program, groups[meta["group"]].settings, meta["width"], mesh))
+    if resume and restored is None:
+        print(f"grokjax: --resume: no readable checkpoint in {checkpoints}; training the sweep from the start",
+              file=sys.stderr)
+    if out is not None and primary and restored is None:
+        note = check_target(out, config_fingerprint(config), overwrite)  # another sweep's results: refused
+        if note:
+            print(f"grokjax: {note}", file=sys.stderr)
+        if (out / "checkpoints").exists():
+            shutil.rmtree(out / "checkpoints")  # a fresh start: the old checkpoints no longer apply
+    checkpointer = SweepCheckpointer(checkpoints) if checkpoints is not None else None
     group_meta: list[dict] = restored.meta["group_meta"] if restored else []
     if restored:
         recorder.load(restored.host)
@@ -306,6 +332,7 @@ def _meta(config: SweepConfig, runs: list, group_meta: list[dict], table: pd.Dat
     run_steps = sum(g["run_steps"] for g in group_meta)
     return dict(
         name=config.name,
+        config=config_fingerprint(config),
         complete=True,
         resumed_from_checkpoint=resumed_from,
         started_at=started.isoformat(timespec="seconds"),

@@ -35,6 +35,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 INT32_MAX = 2**31 - 1  # step counters, seeds and indices are int32 inside the program
+MAX_RUNS = 10**6  # runs of one sweep file: each is a row of host tables
 
 
 def _field(default, doc, *, ge=None, gt=None, le=None, lt=None, choices=None, per_run=False):
@@ -300,6 +301,9 @@ def load_sweep(path: str | Path) -> SweepConfig:
         raise SweepError(f"{path}: TOML syntax error: {e}") from None
     except UnicodeDecodeError:
         raise SweepError(f"{path}: not a text (UTF-8) TOML file") from None
+    if not any(key in raw for key in (*SECTIONS, "grid")):
+        raise SweepError(f"{path}: the sweep file sets nothing (no [task], [model], [optimizer], [train], [events] "
+                         f"or [grid]); say what to train, e.g. [task] name = \"add\" (grokjax info lists every setting)")
     raw.setdefault("name", path.stem)
     folder = str(path.resolve().parent)  # plug-ins named by import path may live beside the sweep file
     if folder not in sys.path:
@@ -341,6 +345,10 @@ def sweep_from_dict(raw: dict[str, Any]) -> SweepConfig:
             raise SweepError(f"grid.{short} is given twice")
         grid.append((short, converted))
     config = dataclasses.replace(config, grid=tuple(grid))
+    n_runs = math.prod(len(v) for _, v in grid)
+    if n_runs > MAX_RUNS:
+        raise SweepError(f"the grid has {n_runs:,} runs ({' x '.join(str(len(v)) for _, v in grid)}); at most "
+                         f"{MAX_RUNS:,} per sweep file: split it into several")
     _check_consistency(config)
     return config
 

@@ -123,6 +123,9 @@ MODULAR_OPS: dict[str, _ModularOp] = {
 }
 
 
+MAX_P = 4096
+
+
 def is_prime(n: int) -> bool:
     return n >= 2 and all(n % d for d in range(2, int(n**0.5) + 1))
 
@@ -132,8 +135,8 @@ def modular_task(op: str) -> Callable[..., Task]:
     spec = MODULAR_OPS[op]
 
     def make(p: int = 97) -> Task:
-        if p < 2:
-            raise ValueError(f"p must be >= 2, got {p}")
+        if not 2 <= p <= MAX_P:
+            raise ValueError(f"p must be >= 2 and <= {MAX_P} (the table has p^2 rows), got {p}")
         if spec.needs_prime and not is_prime(p):
             raise ValueError(f"task '{op}' needs a prime p (it uses modular inverses), got {p}")
         x, y = (a.ravel().astype(np.int64) for a in np.meshgrid(np.arange(p), np.arange(p), indexing="ij"))
@@ -191,8 +194,12 @@ def sparse_parity(n: int = 40, k: int = 3, examples: int = 2000, table_seed: int
     of them (fixed by ``table_seed``, as are the examples). The full table of ``2^n`` inputs when
     ``examples`` is 0 (``n <= 20``), else ``examples`` distinct draws. Inputs are bit tokens
     ``[N, n]`` (two symbols), labels the parity (two classes)."""
+    if not 1 <= n <= 1024:
+        raise ValueError(f"n must be between 1 and 1024, got {n}")
     if not 1 <= k <= n:
         raise ValueError(f"k must be between 1 and n = {n}, got {k}")
+    if not 0 <= table_seed <= 2**63 - 1:
+        raise ValueError(f"table_seed must be >= 0, got {table_seed}")
     rng = np.random.default_rng(table_seed)
     relevant = np.sort(rng.choice(n, k, replace=False))
     if examples == 0:
@@ -200,8 +207,10 @@ def sparse_parity(n: int = 40, k: int = 3, examples: int = 2000, table_seed: int
             raise ValueError(f"the full table of n = {n} bits has 2^{n} rows; give examples > 0 (or n <= 20)")
         bits = (np.arange(2**n)[:, None] >> np.arange(n)[None, :]) & 1
     else:
-        if examples < 2 or (n <= 62 and examples > 2**n):
-            raise ValueError(f"examples must be between 2 and 2^n = {2**n} (or 0: the full table), got {examples}")
+        most = min(2**n, 2**25 // n)  # distinct inputs, and a table of at most 2^25 bits
+        if not 2 <= examples <= most:
+            raise ValueError(f"examples must be between 2 and {most:,} for n = {n} (or 0: the full table), "
+                             f"got {examples}")
         bits = rng.integers(0, 2, (examples, n))
         while len(unique := np.unique(bits, axis=0)) < examples:  # distinct rows: a test row is never trained on
             bits = np.concatenate([unique, rng.integers(0, 2, (examples - len(unique), n))])

@@ -1,0 +1,130 @@
+"""No command overwrites results it did not make; two writers never share a folder."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+import grokjax
+from grokjax.folder import LOCK_FILE, FolderLock, check_target
+
+TINY = """
+[task]
+p = 11
+[model]
+embed_dim = 8
+width = 16
+[train]
+steps = 20
+eval_every = 10
+[grid]
+seed = [0, 1]
+"""
+
+
+def grokjax_cli(*args, cwd):
+    env = {**os.environ, "XDG_CACHE_HOME": str(cwd / ".cache")}
+    return subprocess.run([sys.executable, "-m", "grokjax", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def test_another_sweeps_results_are_never_overwritten(tmp_path):
+    (tmp_path / "a.toml").write_text(TINY)
+    (tmp_path / "b.toml").write_text(TINY.replace("p = 11", "p = 13"))
+    assert grokjax_cli("run", "a.toml", "--out", "res", "--quiet", cwd=tmp_path).returncode == 0
+    before = pd.read_parquet(tmp_path / "res" / "runs.parquet")
+    proc = grokjax_cli("run", "b.toml", "--out", "res", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "holds the results of sweep 'a' (2 runs, started" in proc.stderr and "complete)" in proc.stderr
+    assert "--resume" in proc.stderr and "--overwrite" in proc.stderr
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "res" / "runs.parquet"), before)
+    # the same sweep again replaces its own results (the README's quickstart can run twice)
+    proc = grokjax_cli("run", "a.toml", "--out", "res", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0 and "the same sweep settings" in proc.stderr
+    proc = grokjax_cli("run", "b.toml", "--out", "res", "--quiet", "--overwrite", cwd=tmp_path)
+    assert proc.returncode == 0 and "--overwrite: replacing" in proc.stderr
+    assert (pd.read_parquet(tmp_path / "res" / "runs.parquet").p == 13).all()
+    assert not (tmp_path / "res" / LOCK_FILE).exists()
+
+
+def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(tmp_path):
+    out = tmp_path / "res"
+    with FolderLock(out):
+        with pytest.raises(grokjax.SweepError, match=f"being written by another grokjax \\(process {os.getpid()} "
+                                                     f"on {socket.gethostname()}"):
+            with FolderLock(out):
+                pass
+        (tmp_path / "s.toml").write_text(TINY)
+        proc = grokjax_cli("run", "s.toml", "--out", "res", cwd=tmp_path)
+        assert proc.returncode == 2 and "being written by another grokjax" in proc.stderr
+        assert "Traceback" not in proc.stderr and not (out / "runs.parquet").exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (out / LOCK_FILE).write_text(json.dumps(dict(host=socket.gethostname(), pid=int(dead.stdout), since="then")))
+    proc = grokjax_cli("run", "s.toml", "--out", "res", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0 and "taking over a stale lock" in proc.stderr
+    assert (out / "runs.parquet").exists() and not (out / LOCK_FILE).exists()
+
+
+def test_two_launches_at_once_one_writes_one_is_refused(tmp_path):
+    (tmp_path / "s.toml").write_text(TINY.replace("steps = 20", "steps = 200"))
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / ".cache")}
+    procs = [subprocess.Popen([sys.executable, "-m", "grokjax", "run", "s.toml", "--out", "res", "--quiet"],
+                              cwd=tmp_path, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes in ([0, 0], [0, 2]), results  # the second starts after the first ends, or is refused
+    assert all("Traceback" not in err for _, err in results)
+    assert len(pd.read_parquet(tmp_path / "res" / "runs.parquet")) == 2
+
+
+def test_damaged_results_are_named_not_a_traceback(tmp_path):
+    (tmp_path / "s.toml").write_text(TINY)
+    assert grokjax_cli("run", "s.toml", "--out", "res", "--quiet", cwd=tmp_path).returncode == 0
+    meta = tmp_path / "res" / "meta.json"
+    meta.write_text(meta.read_text()[:40])
+    for command in ("plot", "summary"):
+        proc = grokjax_cli(command, "res", cwd=tmp_path)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert "meta.json is damaged (not readable JSON" in proc.stderr
+    # a damaged folder is still "results": a new sweep does not overwrite it silently
+    with pytest.raises(grokjax.SweepError, match="meta.json is missing or unreadable"):
+        check_target(tmp_path / "res", {}, overwrite=False)
+    meta.write_text("{}")
+    runs = tmp_path / "res" / "runs.parquet"
+    runs.write_bytes(runs.read_bytes()[:100])
+    proc = grokjax_cli("summary", "res", cwd=tmp_path)
+    assert proc.returncode == 2 and "runs.parquet is damaged (not a readable parquet table" in proc.stderr
+
+
+def test_empty_sweep_and_resume_without_checkpoints_say_what_they_do(tmp_path):
+    (tmp_path / "empty.toml").write_text("# nothing yet\n")
+    proc = grokjax_cli("run", "empty.toml", cwd=tmp_path)
+    assert proc.returncode == 2 and "sets nothing" in proc.stderr and not (tmp_path / "results").exists()
+    (tmp_path / "s.toml").write_text(TINY)
+    proc = grokjax_cli("run", "s.toml", "--out", "res", "--resume", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0 and "no readable checkpoint" in proc.stderr and "from the start" in proc.stderr
+    assert (tmp_path / "res" / "runs.parquet").exists()
+
+
+def test_dry_run_checks_everything_and_writes_nothing(tmp_path):
+    (tmp_path / "s.toml").write_text(TINY)
+    proc = grokjax_cli("run", "s.toml", "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 0 and "is valid: 2 runs" in proc.stdout and not (tmp_path / "results").exists()
+
+
+def test_python_api_validates_like_the_cli(sweep):
+    config = sweep()
+    with pytest.raises(grokjax.SweepError, match="unknown setting 'stepz'.*did you mean 'steps'"):
+        config.replace(stepz=3)
+    with pytest.raises(grokjax.SweepError, match="train.steps must be >= 1"):
+        config.replace(steps=0)
+    with pytest.raises(grokjax.SweepError, match="run_sweep needs a SweepConfig"):
+        grokjax.run_sweep({"task": {}})
+    with pytest.raises(grokjax.SweepError, match="load_results needs a folder path"):
+        grokjax.load_results(3)
+    with pytest.raises(grokjax.SweepError, match="at most 1,000,000"):
+        grokjax.sweep_from_dict({"grid": {"seed": list(range(1001)), "lr": [1e-3 * (i + 1) for i in range(1001)]}})
