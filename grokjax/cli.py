@@ -211,6 +211,7 @@ def _bench(args) -> int:
 
 
 def _fail(message: str) -> int:
+    message = " ".join(message.splitlines())  # one line, whatever a file name or value holds
     print(f"grokjax: error: {message}", file=sys.stderr)
     return EXIT_BAD_INPUT
 

@@ -192,7 +192,7 @@ def check_settings(kind: str, name: str, fn: Callable, settings: dict[str, Any],
             allowed = list(params)
             close = difflib.get_close_matches(key, allowed, 1, 0.5)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise SweepError(f"unknown key '{key}' in {where}: {kind} '{name}' does not take it{hint}; "
+            raise SweepError(f"unknown key {key!r} in {where}: {kind} '{name}' does not take it{hint}; "
                              f"it takes: {', '.join(allowed) or 'no settings'}")
         out[key] = convert_setting(f"{where.strip('[]')}.{key}", params.get(key), value)
     missing = [k for k, p in params.items() if p.default is p.empty and k not in out]

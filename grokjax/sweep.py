@@ -197,10 +197,10 @@ class SweepConfig:
             return section, rest
         if short in {k.split(".", 1)[1] for k in plugin if "." in k}:
             owners = [k for k in plugin if k.endswith("." + short)]
-            raise SweepError(f"setting '{key}' is ambiguous; say which: {', '.join(owners)}")
+            raise SweepError(f"setting {key!r} is ambiguous; say which: {', '.join(owners)}")
         allowed = sorted(set(FIELDS) | set(plugin))
         hint = f" (did you mean '{close[0]}'?)" if (close := difflib.get_close_matches(short, allowed, 1, 0.5)) else ""
-        raise SweepError(f"unknown setting '{key}'{hint}; settings: {', '.join(allowed)}")
+        raise SweepError(f"unknown setting {key!r}{hint}; settings: {', '.join(allowed)}")
 
     def get(self, key: str):
         section, name = self.locate(key)
@@ -373,7 +373,7 @@ def _section(section: str, cls, table) -> Any:
     for key in table:
         if key not in fields and key not in params and not takes_any_keyword(fn):
             allowed = list(params) + [k for k in fields if k != "name"]
-            raise SweepError(f"unknown key '{key}' in [{section}]{_suggest(key, allowed)}; {section} "
+            raise SweepError(f"unknown key {key!r} in [{section}]{_suggest(key, allowed)}; {section} "
                              f"'{plugin_name}' takes: {', '.join(params) or 'no settings'}; engine settings: "
                              f"{', '.join(k for k in fields if k != 'name')}")
     engine = {k: _convert(f"{section}.{k}", fields[k], v) for k, v in table.items() if k in fields and k != "name"}
@@ -389,12 +389,12 @@ def _grid_axis(config: SweepConfig, key: str) -> str:
         if FIELDS[short][0] == "events" or short in ("runs_per_batch",):
             raise SweepError(f"grid.{key}: [events] settings and runs_per_batch cannot be grid axes")
         if "." in key and key.split(".", 1)[0] != FIELDS[short][0]:
-            raise SweepError(f"unknown grid axis '{key}': '{short}' is a setting of [{FIELDS[short][0]}]")
+            raise SweepError(f"unknown grid axis {key!r}: '{short}' is a setting of [{FIELDS[short][0]}]")
         return short
     try:
         section, name = config.locate(key)
     except SweepError as e:
-        raise SweepError(f"unknown grid axis '{key}': {e}") from None
+        raise SweepError(f"unknown grid axis {key!r}: {e}") from None
     return name if config.plugin_keys().get(name) == (section, name) else f"{section}.{name}"
 
 
@@ -429,7 +429,7 @@ def _suggest(key: str, allowed) -> str:
 def _check_keys(table: dict, allowed, where: str) -> None:
     for key in table:
         if key not in allowed:
-            raise SweepError(f"unknown key '{key}' in {where}{_suggest(key, allowed)}; allowed: {', '.join(allowed)}")
+            raise SweepError(f"unknown key {key!r} in {where}{_suggest(key, allowed)}; allowed: {', '.join(allowed)}")
 
 
 def _convert(where: str, f: dataclasses.Field, value):

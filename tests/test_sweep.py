@@ -46,6 +46,9 @@ def test_shape_axes_make_groups():
 def test_defaults_and_name_from_file(tmp_path):
     path = tmp_path / "my_sweep.toml"
     path.write_text("")
+    with pytest.raises(SweepError, match="sets nothing"):  # an empty file would train defaults unasked
+        load_sweep(path)
+    path.write_text("[task]\nname = 'add'\n")
     config = load_sweep(path)
     assert config.name == "my_sweep" and config.runs() == [config]
     assert config.optimizer.beta2 == 0.98 and config.events.grok_threshold == 0.99
