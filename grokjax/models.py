@@ -164,9 +164,9 @@ def mlp(n_symbols: int, n_classes: int, embed_dim: int = 128, width: int = 512, 
     """MLP: embed_dim is each token's embedding size, width the hidden width, depth the hidden
     layers; activation one of relu, gelu, silu, tanh, square."""
     _check_activation(activation)
-    for key, value in (("embed_dim", embed_dim), ("width", width), ("depth", depth)):
-        if value < 1:
-            raise ValueError(f"{key} must be >= 1, got {value}")
+    for key, value, most in (("embed_dim", embed_dim, 2**16), ("width", width, 2**16), ("depth", depth, 64)):
+        if not 1 <= value <= most:
+            raise ValueError(f"{key} must be >= 1 and <= {most}, got {value}")
     return MLP(n_symbols, n_classes, embed_dim, width, depth, activation, dtype, param_dtype)
 
 
@@ -180,8 +180,8 @@ def transformer(n_symbols: int, n_classes: int, n_layers: int = 1, d_model: int 
     if not 1 <= n_layers <= 8:
         raise ValueError(f"n_layers must be between 1 and 8, got {n_layers}")
     for key, value in (("d_model", d_model), ("n_heads", n_heads), ("d_mlp", d_mlp)):
-        if value < 1:
-            raise ValueError(f"{key} must be >= 1, got {value}")
+        if not 1 <= value <= 2**16:
+            raise ValueError(f"{key} must be >= 1 and <= {2**16}, got {value}")
     if d_model % n_heads:
         raise ValueError(f"d_model ({d_model}) must be a multiple of n_heads ({n_heads})")
     return Transformer(n_symbols, n_classes, n_layers, d_model, n_heads, d_mlp, layer_norm, activation, dtype,

@@ -244,6 +244,12 @@ def run_sweep(config: SweepConfig, out: str | Path | None = None, progress: bool
     if not isinstance(config, SweepConfig):
         raise SweepError(f"run_sweep needs a SweepConfig (from load_sweep or sweep_from_dict), got "
                          f"{type(config).__name__}")
+    for name, value, low in (("devices", devices, 1), ("max_runs_per_chunk", max_runs_per_chunk, 1),
+                             ("checkpoint_every", checkpoint_every, 0)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise SweepError(f"{name} must be an integer >= {low}, got {value!r}")
+    if not isinstance(out, (str, os.PathLike, type(None))):
+        raise SweepError(f"out must be a folder path, got {type(out).__name__}")
     if tune_cache == "auto":
         cache_dir = jax.config.jax_compilation_cache_dir
         tune_cache = Path(cache_dir) / "grokjax_runs_per_batch.json" if cache_dir else None

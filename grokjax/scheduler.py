@@ -21,6 +21,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from grokjax.errors import SweepError
 from grokjax.program import RUN_AXIS, Program, RunSettings, RunState, make_grid_init, make_grid_period, select_tree
 from grokjax.width import tune_runs_per_batch
 
@@ -100,6 +101,11 @@ def chunk_width(program: Program, settings: RunSettings, runs_per_batch: int, n_
     unit, n_runs = runs_per_batch * n_devices, len(settings.seed)
     state, step = bytes_per_run(program, settings, runs_per_batch)
     budget = memory_fraction * device_memory_bytes() - step
+    if budget < state:  # not even one run fits: say so before XLA fails to allocate
+        raise SweepError(f"one run needs about {(state + step / runs_per_batch) / 2**30:.1f} GiB (parameters, "
+                         f"optimizer state and one step's activations) and the device offers "
+                         f"{memory_fraction * device_memory_bytes() / 2**30:.1f} GiB: use a smaller model or "
+                         f"task, a batch_size, or a device with more memory")
     fit = max(1, int(budget // max(state, 1))) * n_devices
     width = min(n_runs, fit, max_runs or n_runs)
     return max(unit, ceil_div(width, unit) * unit)

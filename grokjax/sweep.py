@@ -292,6 +292,8 @@ class SweepConfig:
 def load_sweep(path: str | Path) -> SweepConfig:
     """Read and validate a sweep file; raises ``SweepError`` naming the bad field. The file's
     folder joins the Python path, so that plug-ins beside it import by name."""
+    if not isinstance(path, (str, Path)):
+        raise SweepError(f"load_sweep needs a file path, got {type(path).__name__}")
     path = Path(path)
     if not path.is_file():
         raise SweepError(f"sweep file not found: {path}")

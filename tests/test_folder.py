@@ -126,5 +126,19 @@ def test_python_api_validates_like_the_cli(sweep):
         grokjax.run_sweep({"task": {}})
     with pytest.raises(grokjax.SweepError, match="load_results needs a folder path"):
         grokjax.load_results(3)
+    with pytest.raises(grokjax.SweepError, match="load_sweep needs a file path"):
+        grokjax.load_sweep(None)
+    with pytest.raises(grokjax.SweepError, match="max_runs_per_chunk must be an integer >= 1"):
+        grokjax.run_sweep(config, max_runs_per_chunk=0)
+    with pytest.raises(grokjax.SweepError, match="width must be >= 1 and <= 65536"):
+        grokjax.sweep_from_dict({"model": {"width": 2**40}})
     with pytest.raises(grokjax.SweepError, match="at most 1,000,000"):
         grokjax.sweep_from_dict({"grid": {"seed": list(range(1001)), "lr": [1e-3 * (i + 1) for i in range(1001)]}})
+
+
+def test_a_run_larger_than_the_device_is_refused_before_training(sweep, monkeypatch):
+    import grokjax.scheduler as scheduler
+
+    monkeypatch.setattr(scheduler, "device_memory_bytes", lambda device=None: 2**20)  # a 1 MiB device
+    with pytest.raises(grokjax.SweepError, match="one run needs about .* GiB"):
+        grokjax.run_sweep(sweep(), progress=False)
