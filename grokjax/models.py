@@ -54,7 +54,6 @@ class MLP(nn.Module):
     def __call__(self, inputs: jax.Array) -> jax.Array:
         act = ACTIVATIONS[self.activation]
         dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
-        b1 = self.param("hidden_0_bias", nn.initializers.zeros, (self.width,), self.param_dtype)
         if jnp.issubdtype(inputs.dtype, jnp.integer):
             k, w = inputs.shape[1], self.width
             embed = self.param("embed", _normal(1.0), (self.n_symbols, self.embed_dim), self.param_dtype)
@@ -68,6 +67,8 @@ class MLP(nn.Module):
             w1 = self.param("hidden_0_kernel", nn.initializers.lecun_normal(), (inputs.shape[1], self.width),
                             self.param_dtype)
             h = inputs.astype(self.dtype) @ w1.astype(self.dtype)
+        # created after the kernels: flax draws each parameter's initial key in creation order
+        b1 = self.param("hidden_0_bias", nn.initializers.zeros, (self.width,), self.param_dtype)
         h = act(h + b1.astype(self.dtype))
         for i in range(1, self.depth):
             h = act(dense(self.width, name=f"hidden_{i}")(h))
