@@ -142,3 +142,12 @@ def test_factories_refuse_bad_settings_by_name():
         transformer(5, 5, d_model=30, n_heads=4)
     with pytest.raises(ValueError, match="width must be >= 1"):
         mlp(5, 5, width=0)
+
+
+def test_mlp_initialization_is_that_of_earlier_releases():
+    # flax draws each parameter's key in creation order: reordering parameters changes every
+    # run's numbers. These values come from grokjax 0.1 (same key, same model).
+    params = init_params(MLP(7, 7, embed_dim=4, width=8), jax.random.PRNGKey(0), 1.0, PAIR)
+    np.testing.assert_allclose([params["embed"][0, 0], params["hidden_0_kernel"][0, 0, 0],
+                                params["readout"]["kernel"][0, 0]],
+                               [0.07614249736070633, 0.21275277435779572, -0.397393137216568], rtol=1e-6)
