@@ -107,7 +107,7 @@ def resolve(kind: str, name: str) -> Callable:
             raise SweepError(f"{where} = {name!r} is not callable (a {type(fn).__name__}); expected {_contract(kind)}")
         _check_contract(kind, name, fn)
         return fn
-    if kind == "optimizer" and callable(getattr(optax, name, None)) and "learning_rate" in _parameters(
+    if kind == "optimizer" and callable(getattr(optax, name, None)) and "learning_rate" in parameters_of(
             getattr(optax, name)):
         return getattr(optax, name)
     known = list(_REGISTRY[kind])
@@ -139,7 +139,7 @@ def _check_contract(kind: str, name: str, fn: Callable) -> None:
 def optax_optimizers() -> list[str]:
     """optax's public factories that take a learning rate."""
     return sorted(n for n in dir(optax) if not n.startswith("_") and inspect.isfunction(getattr(optax, n))
-                  and "learning_rate" in _parameters(getattr(optax, n)))
+                  and "learning_rate" in parameters_of(getattr(optax, n)))
 
 
 def plugin_doc(kind: str, name: str) -> str:
@@ -155,7 +155,7 @@ def _contract(kind: str) -> str:
             "optimizer": "fn(learning_rate, **settings) -> optax.GradientTransformation"}[kind]
 
 
-def _parameters(fn: Callable) -> dict[str, inspect.Parameter]:
+def parameters_of(fn: Callable) -> dict[str, inspect.Parameter]:
     try:
         return dict(inspect.signature(fn).parameters)
     except (TypeError, ValueError):
@@ -165,7 +165,7 @@ def _parameters(fn: Callable) -> dict[str, inspect.Parameter]:
 def settings_of(kind: str, fn: Callable) -> dict[str, inspect.Parameter]:
     """The keyword settings a plug-in takes: its signature less the contract's own arguments (a
     model's or loss's first two, whatever their names; an optimizer's learning_rate)."""
-    params = {k: p for k, p in _parameters(fn).items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    params = {k: p for k, p in parameters_of(fn).items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
     if kind in ("model", "loss"):
         for key in [k for k, p in params.items() if p.kind != p.KEYWORD_ONLY][:2]:
             params.pop(key)
@@ -173,7 +173,7 @@ def settings_of(kind: str, fn: Callable) -> dict[str, inspect.Parameter]:
 
 
 def takes_any_keyword(fn: Callable) -> bool:
-    return any(p.kind == p.VAR_KEYWORD for p in _parameters(fn).values())
+    return any(p.kind == p.VAR_KEYWORD for p in parameters_of(fn).values())
 
 
 def scalar_defaults(kind: str, fn: Callable) -> dict[str, Any]:

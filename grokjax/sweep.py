@@ -25,8 +25,8 @@ from typing import Any, ClassVar
 
 from grokjax.errors import SweepError
 from grokjax.optim import SCHEDULES
-from grokjax.plugins import (BUILTINS, build_task, call_factory, check_settings, convert_setting, name_of, resolve,
-                             scalar_defaults, settings_of, takes_any_keyword)
+from grokjax.plugins import (BUILTINS, build_task, call_factory, check_settings, convert_setting, name_of,
+                             parameters_of, resolve, scalar_defaults, settings_of, takes_any_keyword)
 from grokjax.tasks import describe_tasks
 
 if sys.version_info >= (3, 11):
@@ -490,7 +490,7 @@ def _check_consistency(config: SweepConfig) -> None:
                              f"'{t.name}'; use 0 for full batch")
         model_fn = resolve("model", m.name)
         call_factory("model", m.name, model_fn, task.n_symbols, task.n_classes, **dict(m.settings))
-        if tr.precision != "float32" and not {"dtype", "param_dtype"} <= set(_parameters_of(model_fn)):
+        if tr.precision != "float32" and not {"dtype", "param_dtype"} <= set(parameters_of(model_fn)):
             raise SweepError(f"train.precision = {tr.precision!r} needs a model factory that takes dtype and "
                              f"param_dtype keywords; model '{m.name}' does not")
         if task.regression and tr.loss == "cross_entropy":
@@ -507,15 +507,6 @@ def _check_consistency(config: SweepConfig) -> None:
                 for v in values:
                     call_factory("optimizer", o.name, optimizer_fn, learning_rate=o.lr,
                                  **{**dict(o.settings), name: v})
-
-
-def _parameters_of(fn) -> list[str]:
-    import inspect
-
-    try:
-        return list(inspect.signature(fn).parameters)
-    except (TypeError, ValueError):
-        return []
 
 
 def describe_settings() -> list[dict]:
