@@ -12,7 +12,7 @@ import numpy as np
 from grokjax.errors import SweepError
 from grokjax.metrics import EventRule
 from grokjax.models import PRECISIONS
-from grokjax.plugins import build_task, call_factory, resolve
+from grokjax.plugins import SETTING_OF, build_task, call_factory, resolve
 from grokjax.program import Program, RunSettings, train_size
 from grokjax.sweep import FIELDS, SweepConfig
 
@@ -45,15 +45,14 @@ def build_program(config: SweepConfig, runs: list[SweepConfig] | None = None, ch
 
 def run_settings(runs: list[SweepConfig]) -> RunSettings:
     """The per-run settings of a group as arrays [R] (float32; seeds and step counts int32)."""
-    column = np.array
     return RunSettings(
-        seed=column([r.train.seed for r in runs], np.int32),
-        data_fraction=column([r.task.data_fraction for r in runs], np.float32),
-        init_scale=column([r.model.init_scale for r in runs], np.float32),
-        lr=column([r.optimizer.lr for r in runs], np.float32),
-        warmup_steps=column([r.optimizer.warmup_steps for r in runs], np.int32),
-        decay_steps=column([r.optimizer.decay_steps for r in runs], np.int32),
-        optimizer={k: column([r.optimizer_per_run()[k] for r in runs], np.float32)
+        seed=np.array([r.train.seed for r in runs], np.int32),
+        data_fraction=np.array([r.task.data_fraction for r in runs], np.float32),
+        init_scale=np.array([r.model.init_scale for r in runs], np.float32),
+        lr=np.array([r.optimizer.lr for r in runs], np.float32),
+        warmup_steps=np.array([r.optimizer.warmup_steps for r in runs], np.int32),
+        decay_steps=np.array([r.optimizer.decay_steps for r in runs], np.int32),
+        optimizer={k: np.array([r.optimizer_per_run()[k] for r in runs], np.float32)
                    for k in runs[0].optimizer_per_run()})
 
 
@@ -102,7 +101,7 @@ def check_program(program: Program, settings: RunSettings, config: SweepConfig |
 
 
 def _traced_error(what: str, names: dict, kinds: tuple[str, ...], error: Exception) -> SweepError:
-    where = "; ".join(f"{_SETTING[k]} = {names[k]!r}" for k in kinds if k in names)
+    where = "; ".join(f"{SETTING_OF[k]} = {names[k]!r}" for k in kinds if k in names)
     hint = ""
     if isinstance(error, jax.errors.ConcretizationTypeError) or "Tracer" in type(error).__name__:
         hint = (" (a plug-in branched in Python on a traced value: per-run settings are arrays inside the program; "
@@ -110,5 +109,3 @@ def _traced_error(what: str, names: dict, kinds: tuple[str, ...], error: Excepti
     message = str(error).strip().splitlines()[0] if str(error).strip() else ""
     return SweepError(f"the {what} raised while being traced ({where}): {type(error).__name__}: {message}{hint}")
 
-
-_SETTING = {"task": "task.name", "model": "model.name", "loss": "train.loss", "optimizer": "optimizer.name"}

@@ -37,7 +37,8 @@ KINDS = ("task", "model", "loss", "optimizer")
 # Positional arguments of each contract: the engine passes them, a sweep file never sets them.
 CONTRACT_ARGS = {"task": (), "model": ("n_symbols", "n_classes", "dtype", "param_dtype"),
                  "loss": ("outputs", "labels"), "optimizer": ("learning_rate",)}
-_WHERE = {"task": "task.name", "model": "model.name", "loss": "train.loss", "optimizer": "optimizer.name"}
+# the sweep setting that names each kind of plug-in, for messages
+SETTING_OF = {"task": "task.name", "model": "model.name", "loss": "train.loss", "optimizer": "optimizer.name"}
 
 _REGISTRY: dict[str, dict[str, Callable]] = {
     "task": dict(BUILTIN_TASKS), "model": dict(BUILTIN_MODELS), "loss": dict(BUILTIN_LOSSES),
@@ -82,13 +83,13 @@ def name_of(kind: str, value) -> str:
         return value
     if callable(value):
         return register(kind, f"{value.__module__}:{value.__qualname__}", value)
-    raise SweepError(f"{_WHERE[kind]} must be a name (string) or a callable, got {value!r}")
+    raise SweepError(f"{SETTING_OF[kind]} must be a name (string) or a callable, got {value!r}")
 
 
 @functools.lru_cache(maxsize=None)
 def resolve(kind: str, name: str) -> Callable:
     """The callable a sweep names; ``SweepError`` naming the setting if there is none."""
-    where = _WHERE[kind]
+    where = SETTING_OF[kind]
     if name in _REGISTRY[kind]:
         return _REGISTRY[kind][name]
     if ":" in name:
@@ -133,7 +134,7 @@ def _check_contract(kind: str, name: str, fn: Callable) -> None:
         problem = f"takes {len(positional)} positional argument{'s' if len(positional) != 1 else ''}, not 2"
     else:
         return
-    raise SweepError(f"{_WHERE[kind]} = {name!r} {problem}; expected {_contract(kind)}")
+    raise SweepError(f"{SETTING_OF[kind]} = {name!r} {problem}; expected {_contract(kind)}")
 
 
 def optax_optimizers() -> list[str]:
@@ -241,12 +242,12 @@ def call_factory(kind: str, name: str, fn: Callable, *args, **settings):
     except SweepError:
         raise
     except ValueError as e:
-        raise SweepError(f"{_WHERE[kind]} = {name!r}: {e}") from None
+        raise SweepError(f"{SETTING_OF[kind]} = {name!r}: {e}") from None
     except Exception as e:  # noqa: BLE001 - a user's factory: report it, do not crash
-        raise SweepError(f"{_WHERE[kind]} = {name!r} raised {type(e).__name__}: {e}") from None
+        raise SweepError(f"{SETTING_OF[kind]} = {name!r} raised {type(e).__name__}: {e}") from None
     expected = {"model": ("init", "apply"), "optimizer": ("init", "update")}.get(kind, ())
     if not all(hasattr(out, attr) for attr in expected):
-        raise SweepError(f"{_WHERE[kind]} = {name!r} returned {type(out).__name__}; expected {_contract(kind)}")
+        raise SweepError(f"{SETTING_OF[kind]} = {name!r} returned {type(out).__name__}; expected {_contract(kind)}")
     return out
 
 

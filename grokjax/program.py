@@ -19,6 +19,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 from jax.sharding import Mesh
@@ -69,8 +70,6 @@ def split_mask(seed, data_fraction, n: int) -> jax.Array:
 
 def train_size(data_fraction: float, n: int) -> int:
     """Rows in a run's training split, as ``split_mask`` counts them (on the host)."""
-    import numpy as np
-
     return int(np.clip(np.round(np.float32(data_fraction) * np.float32(n)), 1, n - 1))
 
 
