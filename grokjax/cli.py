@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from grokjax.analysis import METRICS, cell_summary
-from grokjax.plots import FORMATS, default_axes, plot_results
+from grokjax.plots import FORMATS, default_axes, has_progress_measures, plot_results, progress_figure
 from grokjax.results import load_results
 from grokjax.run import Interrupted, enable_compilation_cache, make_mesh, run_sweep
 from grokjax.sweep import SweepError, load_sweep
@@ -140,6 +140,8 @@ def _plot(args) -> int:
     if (x is None) != (y is None):
         return _fail("name both axes: --x AXIS --y AXIS (or neither, for learning curves only)")
     out = Path(args.out) if args.out else path / "figures"
+    if args.progress or args.cell:
+        return _progress_plot(args, path, results, out, x, y)
     try:
         figures = plot_results(results.runs, results.curves, out, x, y, args.metric, args.facet, args.format,
                                name=results.meta.get("name", path.name))
@@ -147,6 +149,33 @@ def _plot(args) -> int:
         return _fail(str(e))
     partial = "" if results.meta.get("complete", True) else " (sweep still running: partial results)"
     print(f"grokjax: {len(figures)} figures in {out}/{partial}: {', '.join(f.name for f in figures)}")
+    return 0
+
+
+def _parse_cell(text: str | None) -> dict:
+    """``"weight_decay=1,data_fraction=0.5"`` -> {setting: value}, numbers as numbers."""
+    cell = {}
+    for part in filter(None, (text or "").split(",")):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise _BadInput(f"--cell takes SETTING=VALUE pairs separated by commas, got {part!r}")
+        try:
+            cell[key.strip()] = float(value)
+        except ValueError:
+            cell[key.strip()] = value.strip()
+    return cell
+
+
+def _progress_plot(args, path: Path, results, out: Path, x, y) -> int:
+    if not has_progress_measures(results.curves):
+        return _fail(f"{path} has no progress measures (the sweep ran with train.progress_measures = false, "
+                     f"or before grokjax recorded them)")
+    try:
+        figure = progress_figure(results.runs, results.curves, out / f"progress.{args.format}",
+                                 _parse_cell(args.cell), x, y)
+    except ValueError as e:
+        return _fail(str(e))
+    print(f"grokjax: {figure}")
     return 0
 
 
@@ -248,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--metric", default="grok_step", choices=METRICS, help="value of the heatmap")
     plot.add_argument("--format", default="png", choices=FORMATS)
     plot.add_argument("--out", help="folder for the figures (default: DIR/figures)")
+    plot.add_argument("--progress", action="store_true",
+                      help="only progress.png: the progress measures of one cell against step")
+    plot.add_argument("--cell", metavar="SETTING=VALUE,...",
+                      help="the cell --progress draws (default: the one where grokking is most common)")
     plot.set_defaults(func=_plot)
     summary = sub.add_parser("summary", help="a table per cell: runs, share grokked, grok step, phase")
     summary.add_argument("dir", help="results folder")

@@ -14,6 +14,7 @@ from grokjax.metrics import EventRule
 from grokjax.models import PRECISIONS
 from grokjax.plugins import SETTING_OF, build_task, call_factory, resolve
 from grokjax.program import Program, RunSettings, train_size
+from grokjax.progress import measures_for
 from grokjax.sweep import FIELDS, SweepConfig
 
 
@@ -37,7 +38,10 @@ def build_program(config: SweepConfig, runs: list[SweepConfig] | None = None, ch
         optimizer_static=tuple((k, v) for k, v in o.settings if not isinstance(v, float)),
         schedule=o.schedule, steps=tr.steps, eval_every=tr.eval_every, batch_size=tr.batch_size,
         rule=EventRule(ev.memorize_threshold, ev.grok_threshold, ev.patience, ev.stop_early),
-        train_rows=rows, cost_key=repr((rows, cost)))
+        train_rows=rows, cost_key=repr((rows, cost)), grokfast=o.grokfast, grokfast_window=o.grokfast_window,
+        orthograd=o.orthograd, fixed_norm=any(r.optimizer.fixed_norm > 0 for r in runs or [config]),
+        label_noise=any(r.task.label_noise > 0 for r in runs or [config]),
+        measures=measures_for(task, tr.progress_measures))
     if check:
         check_program(program, run_settings([config]), config)
     return program
@@ -53,7 +57,11 @@ def run_settings(runs: list[SweepConfig]) -> RunSettings:
         warmup_steps=np.array([r.optimizer.warmup_steps for r in runs], np.int32),
         decay_steps=np.array([r.optimizer.decay_steps for r in runs], np.int32),
         optimizer={k: np.array([r.optimizer_per_run()[k] for r in runs], np.float32)
-                   for k in runs[0].optimizer_per_run()})
+                   for k in runs[0].optimizer_per_run()},
+        label_noise=np.array([r.task.label_noise for r in runs], np.float32),
+        grokfast_alpha=np.array([r.optimizer.grokfast_alpha for r in runs], np.float32),
+        grokfast_lamb=np.array([r.optimizer.resolved("grokfast_lamb") for r in runs], np.float32),
+        fixed_norm=np.array([r.optimizer.fixed_norm for r in runs], np.float32))
 
 
 def one_run(settings: RunSettings, i: int = 0) -> RunSettings:

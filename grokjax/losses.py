@@ -31,4 +31,14 @@ def mse(outputs: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.mean(jnp.square(outputs - targets), axis=-1)
 
 
-BUILTIN_LOSSES = {"cross_entropy": cross_entropy, "mse": mse}
+def stablemax(outputs: jax.Array, labels: jax.Array) -> jax.Array:
+    """StableMax cross-entropy (Prieto et al. 2025): ``-log p_y`` with ``p_i = s(x_i) / sum_j s(x_j)``,
+    ``s(x) = x + 1`` for ``x >= 0`` and ``1 / (1 - x)`` below; grows linearly, not exponentially, so
+    the probabilities cannot round to exactly one-hot (softmax collapse)."""
+    outputs = _at_least_f32(outputs)
+    s = jnp.where(outputs >= 0, outputs + 1, 1 / (1 - jnp.minimum(outputs, 0)))
+    s_y = jnp.take_along_axis(s, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+    return jnp.log(jnp.sum(s, axis=-1)) - jnp.log(s_y)
+
+
+BUILTIN_LOSSES = {"cross_entropy": cross_entropy, "mse": mse, "stablemax": stablemax}

@@ -248,6 +248,75 @@ def learning_curves(runs: pd.DataFrame, curves: pd.DataFrame, path, x: str | Non
     return _save(fig, Path(path))
 
 
+PROGRESS_PANELS = (  # (title, y label, log y, columns); a panel is drawn when one of its columns was recorded
+    ("losses", "loss", True, ("train_loss", "test_loss", "restricted_loss", "excluded_loss")),
+    ("parameter norms", "norm", False, ("param_norm", "norm_embeddings", "norm_attention", "norm_mlp",
+                                         "norm_readout", "norm_other")),
+    ("concentration and collapse", "share", False, ("test_acc", "fourier_gini", "fourier_ipr", "softmax_collapse")),
+    ("key frequencies", "how many", False, ("n_key_frequencies",)),
+)
+
+
+def select_cell(runs: pd.DataFrame, cell: dict | None, x: str | None, y: str | None) -> tuple[str, pd.Series]:
+    """A title and the run ids of one cell: the runs matching ``cell`` ({setting: value}), else the
+    cell where grokking holds the largest share (the most common phase when none groks)."""
+    if cell:
+        keep = np.ones(len(runs), bool)
+        for key, value in cell.items():
+            if key not in runs:
+                raise ValueError(f"'{key}' is not a column of runs.parquet")
+            column = runs[key]
+            keep &= np.isclose(column.astype(float), float(value)) if _is_numeric(column.tolist()) and \
+                _is_numeric([value]) else (column.astype(str) == str(value)).to_numpy()
+        if not keep.any():
+            raise ValueError(f"no run has {', '.join(f'{k}={v}' for k, v in cell.items())}")
+        ids = runs.loc[keep, "run_id"]
+        return ", ".join(f"{k}={_fmt(v)}" for k, v in cell.items()) + f" ({len(ids)} runs)", ids
+    cells = representative_cells(runs, x, y)
+    if not cells:
+        return f"all runs ({len(runs)})", runs["run_id"]
+    phase = "grokking" if "grokking" in cells else runs["phase"].mode().iloc[0]
+    return cells.get(phase, next(iter(cells.values())))
+
+
+def progress_figure(runs: pd.DataFrame, curves: pd.DataFrame, path, cell: dict | None = None,
+                    x: str | None = None, y: str | None = None, title: str | None = None) -> Path:
+    """The progress measures of one cell against step (log): each seed thin, the median bold; the
+    median grok step (dashed) and memorize step (dotted) marked."""
+    label, ids = select_cell(runs, cell, x, y)
+    sub = curves[curves["run_id"].isin(ids) & (curves["step"] > 0)].copy()
+    if "key_frequencies" in sub:
+        sub["n_key_frequencies"] = [np.nan if k is None else len(k) for k in sub["key_frequencies"]]
+    panels = [p for p in PROGRESS_PANELS if any(c in sub and sub[c].notna().any() for c in p[3])]
+    fig, axes = _subplots(max(len(panels), 1), 3.6, 3.0)
+    cell_runs = runs[runs["run_id"].isin(ids)]
+    marks = [(cell_runs[k].dropna().astype(float).median(), ls, k.replace("_", " "))
+             for k, ls in (("memorize_step", ":"), ("grok_step", "--")) if k in cell_runs and cell_runs[k].notna().any()]
+    for ax, (name, ylabel, log, columns) in zip(axes, panels):
+        present = [c for c in columns if c in sub and sub[c].notna().any()]
+        for i, column in enumerate(present):
+            color = f"C{i}"
+            for _, c in sub.groupby("run_id"):
+                ax.plot(c["step"], c[column], color=color, lw=0.6, alpha=0.4)
+            med = sub.groupby("step")[column].median()
+            ax.plot(med.index, med.values, color=color, lw=2, label=column.replace("_", " "))
+        for step, ls, what in marks:
+            ax.axvline(step, color="0.2", ls=ls, lw=1, label=f"median {what} ({step:,.0f})")
+        ax.set_xscale("log")
+        if log and (sub[present] > 0).all().all():
+            ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.set_title(name, fontsize=9)
+        ax.legend(fontsize=6.5)
+    fig.suptitle(title or f"progress measures: {label}", fontsize=10)
+    return _save(fig, Path(path))
+
+
+def has_progress_measures(curves: pd.DataFrame) -> bool:
+    return any(c.startswith("norm_") or c in ("fourier_gini", "softmax_collapse") for c in curves.columns)
+
+
 def critical_fraction_plot(runs: pd.DataFrame, path, by: str = "weight_decay", title: str | None = None) -> Path:
     """Smallest data fraction at which most runs grok, per value of ``by``, with bootstrap
     intervals over seeds. Values where no fraction qualifies are marked at the top."""
@@ -286,9 +355,11 @@ def plot_results(runs: pd.DataFrame, curves: pd.DataFrame, out_dir, x: str | Non
             raise ValueError(f"axis '{axis}' is not a column of runs.parquet")
     out_dir = Path(out_dir)
     prefix = f"{name}: " if name else ""
+    progress = [progress_figure(runs, curves, out_dir / f"progress.{fmt}", None, x, y)] \
+        if has_progress_measures(curves) and len(curves) else []
     if x is None or y is None:
         return [learning_curves(runs, curves, out_dir / f"learning_curves.{fmt}", None, None,
-                                f"{prefix}learning curves per phase")]
+                                f"{prefix}learning curves per phase"), *progress]
     paths = [
         phase_diagram(runs, out_dir / f"phase_diagram.{fmt}", x, y, metric, facet,
                       f"{prefix}median {METRIC_LABELS[metric]}"),
@@ -300,4 +371,4 @@ def plot_results(runs: pd.DataFrame, curves: pd.DataFrame, out_dir, x: str | Non
     if other is not None and runs["data_fraction"].nunique() > 1:
         paths.append(critical_fraction_plot(runs, out_dir / f"critical_fraction.{fmt}", other,
                                             f"{prefix}critical data fraction"))
-    return paths
+    return paths + progress

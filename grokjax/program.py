@@ -25,15 +25,17 @@ from flax import struct
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from grokjax.interventions import wrap
 from grokjax.metrics import EventRule, Events, evaluate, update_events, weighted_mean
 from grokjax.models import init_params
 from grokjax.optim import lr_schedule, make_optimizer
+from grokjax.progress import Measures, measure
 from grokjax.tasks import Task
 
 RUN_AXIS = "runs"
 
 # Independent random streams of a run, all derived from its seed alone.
-_SPLIT, _INIT, _BATCH = 0, 1, 2
+_SPLIT, _INIT, _BATCH, _NOISE = 0, 1, 2, 3
 
 
 @struct.dataclass
@@ -47,6 +49,10 @@ class RunSettings:
     warmup_steps: jax.Array  # int32
     decay_steps: jax.Array  # int32
     optimizer: dict[str, jax.Array]  # the optimizer factory's float keyword arguments
+    label_noise: jax.Array  # fraction of the training labels replaced by wrong classes
+    grokfast_alpha: jax.Array
+    grokfast_lamb: jax.Array
+    fixed_norm: jax.Array  # 0: off, else the parameters' norm as a multiple of the initial one
 
 
 @struct.dataclass
@@ -66,6 +72,18 @@ def split_mask(seed, data_fraction, n: int) -> jax.Array:
     n_train = jnp.clip(jnp.round(data_fraction * n), 1, n - 1).astype(jnp.int32)
     rank = jnp.zeros(n, jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
     return rank < n_train
+
+
+def noisy_labels(seed, label_noise, train_mask: jax.Array, labels: jax.Array, n_classes: int) -> jax.Array:
+    """The labels one run trains on: ``round(label_noise * n_train)`` of its training rows, drawn
+    from its seed, get a class other than their own (uniformly); test rows keep theirs."""
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), _NOISE)
+    pick, shift = jax.random.split(key)
+    order = jnp.argsort(jnp.where(train_mask, jax.random.uniform(pick, train_mask.shape), 2.0))
+    rank = jnp.zeros(train_mask.shape, jnp.int32).at[order].set(jnp.arange(train_mask.shape[0], dtype=jnp.int32))
+    n_noisy = jnp.round(label_noise * jnp.sum(train_mask)).astype(jnp.int32)
+    offset = jax.random.randint(shift, labels.shape, 1, max(n_classes, 2))
+    return jnp.where(train_mask & (rank < n_noisy), (labels + offset) % n_classes, labels)
 
 
 def train_size(data_fraction: float, n: int) -> int:
@@ -97,6 +115,9 @@ class Program:
       rule: thresholds that define the events and when a run is done.
       train_rows: rows a full-batch step computes: the largest training split of the group.
       cost_key: what a step's cost depends on (keys the measured vmap widths).
+      grokfast, grokfast_window, orthograd: the gradient filters (``interventions.wrap``).
+      fixed_norm, label_noise: some run of the group uses them (else they are left out).
+      measures: the progress measures evaluations record (``progress.Measures``).
     """
 
     task: Task
@@ -111,13 +132,21 @@ class Program:
     rule: EventRule = EventRule()
     train_rows: int = 1
     cost_key: str = ""
+    grokfast: str = "none"
+    grokfast_window: int = 100
+    orthograd: bool = False
+    fixed_norm: bool = False
+    label_noise: bool = False
+    measures: Measures = Measures(enabled=False)
 
     def apply(self, params, inputs):
         return self.model.apply({"params": params}, inputs)
 
     def tx(self, settings: RunSettings) -> optax.GradientTransformation:
         schedule = lr_schedule(settings.lr, settings.warmup_steps, settings.decay_steps, self.schedule, self.steps)
-        return make_optimizer(self.optimizer, dict(self.optimizer_static), settings.optimizer, schedule)
+        base = make_optimizer(self.optimizer, dict(self.optimizer_static), settings.optimizer, schedule)
+        return wrap(base, self.grokfast, settings.grokfast_alpha, settings.grokfast_lamb, self.grokfast_window,
+                    self.orthograd, settings.fixed_norm, self.fixed_norm)
 
     def init_run(self, settings: RunSettings) -> RunState:
         key = jax.random.PRNGKey(settings.seed)
@@ -132,9 +161,17 @@ class Program:
         step computes only these (the rest of a shorter split weighs 0), not the whole table."""
         return jnp.argsort(~train_mask, stable=True)[: self.train_rows]
 
+    def run_labels(self, settings: RunSettings, train_mask: jax.Array) -> jax.Array:
+        """The labels the run trains on (its label noise applied)."""
+        labels = jnp.asarray(self.task.labels)
+        if not self.label_noise:
+            return labels
+        return noisy_labels(settings.seed, settings.label_noise, train_mask, labels, self.task.n_classes)
+
     def train_step(self, state: RunState, settings: RunSettings, train_mask: jax.Array,
-                   rows: jax.Array | None = None) -> RunState:
-        inputs, labels = jnp.asarray(self.task.inputs), jnp.asarray(self.task.labels)
+                   rows: jax.Array | None = None, labels: jax.Array | None = None) -> RunState:
+        inputs = jnp.asarray(self.task.inputs)
+        labels = self.run_labels(settings, train_mask) if labels is None else labels
         key, sub = jax.random.split(state.key)
         if self.batch_size:
             idx, weights = draw_batch(sub, train_mask, self.batch_size)
@@ -164,11 +201,14 @@ class Program:
         active = ~e.diverged & (state.step < self.steps)
         return active & ~e.done if self.rule.stop_early else active
 
-    def evaluate(self, params, train_mask: jax.Array) -> dict[str, jax.Array]:
-        """Metrics of one run on the whole table, split by its mask (see ``metrics.evaluate``)."""
+    def evaluate(self, params, train_mask: jax.Array, labels: jax.Array | None = None) -> dict[str, jax.Array]:
+        """Metrics of one run on the whole table, split by its mask (see ``metrics.evaluate``),
+        and its progress measures. ``labels``: the run's (noisy training labels), default the task's."""
         outputs = self.apply(params, jnp.asarray(self.task.inputs))
-        return evaluate(outputs, jnp.asarray(self.task.labels), train_mask, params, self.loss,
-                        self.task.regression, self.task.tolerance)
+        clean = jnp.asarray(self.task.labels)
+        labels = clean if labels is None else labels
+        metrics = evaluate(outputs, labels, train_mask, params, self.loss, self.task.regression, self.task.tolerance)
+        return dict(metrics, **measure(self.measures, params, outputs, clean, labels, train_mask, self.loss))
 
     def train_period(self, state: RunState, settings: RunSettings, n_evals: int):
         """``n_evals`` times: ``eval_every`` steps, then an evaluation on the full table.
@@ -176,12 +216,13 @@ class Program:
         evaluations of a run that was still training)."""
         train_mask = split_mask(settings.seed, settings.data_fraction, self.task.size)
         rows = None if self.batch_size else self.train_rows_of(train_mask)
+        labels = self.run_labels(settings, train_mask)
 
         def block(state, _):
             was_active = self.is_active(state)
-            state = jax.lax.fori_loop(0, self.eval_every, lambda _, s: self.train_step(s, settings, train_mask, rows),
-                                      state)
-            metrics = self.evaluate(state.params, train_mask)
+            state = jax.lax.fori_loop(0, self.eval_every,
+                                      lambda _, s: self.train_step(s, settings, train_mask, rows, labels), state)
+            metrics = self.evaluate(state.params, train_mask, labels)
             events = update_events(state.events, metrics, state.step, was_active, self.rule)
             return state.replace(events=events), dict(metrics, step=state.step, recorded=was_active)
 

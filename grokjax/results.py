@@ -29,13 +29,53 @@ def _steps(values) -> pd.Series:
     return pd.array(np.where(values == NEVER, None, values).tolist(), dtype="Int64")
 
 
+def concat_parts(parts: list[dict]) -> dict[str, np.ndarray]:
+    """Curve columns of several rounds as flat arrays. A column some groups lack (a progress
+    measure that does not apply to their task) is NaN there; a per-evaluation set
+    (``key_frequencies``, a mask [n, K]) is stored as int8 rows padded to the widest, -1 where the
+    measure does not apply."""
+    keys = list(dict.fromkeys(k for part in parts for k in part))
+    out = {}
+    for key in keys:
+        wide = [p[key].shape[1] for p in parts if key in p and np.ndim(p[key]) == 2]
+        if wide:
+            width = max(wide)
+            blocks = []
+            for p in parts:
+                n = len(p["step"])
+                block = np.full((n, width), -1, np.int8)
+                if key in p:  # bool masks, or int8 rows read back from a checkpoint (-1 kept)
+                    v = np.asarray(p[key]).astype(np.int8)
+                    block[:, :v.shape[1]] = v
+                    block[:, v.shape[1]:] = np.where(v[:, :1] < 0, -1, 0)
+                blocks.append(block)
+            out[key] = np.concatenate(blocks)
+        else:
+            out[key] = np.concatenate([np.asarray(p[key]) if key in p else np.full(len(p["step"]), np.nan)
+                                       for p in parts])
+    return out
+
+
+def _sets(mask: np.ndarray) -> list:
+    """Rows of a key-frequency mask as lists of frequencies (from 1); None where it does not apply."""
+    return [None if len(row) and row[0] < 0 else [int(k) + 1 for k in np.flatnonzero(row > 0)] for row in mask]
+
+
 def curves_table(curve_parts: list[dict]) -> pd.DataFrame:
-    columns = ["run_id", "step", *CURVE_METRICS]
+    """One row per run and evaluation: ``CURVE_METRICS``, then the progress measures recorded."""
     if not curve_parts:
-        return pd.DataFrame(columns=columns)
-    df = pd.DataFrame({c: np.concatenate([p[c] for p in curve_parts]) for c in columns})
+        return pd.DataFrame(columns=["run_id", "step", *CURVE_METRICS])
+    flat = concat_parts(curve_parts)
+    order = ["run_id", "step", *CURVE_METRICS]
+    columns = order + [k for k in flat if k not in order]
+    df = pd.DataFrame({c: _sets(flat[c]) if np.ndim(flat[c]) == 2 else flat[c] for c in columns})
     df = df.astype({"run_id": "int64", "step": "int64"})
     return df.sort_values(["run_id", "step"], kind="stable").reset_index(drop=True)
+
+
+def measure_columns(curves: pd.DataFrame) -> list[str]:
+    """The curve columns after the run id and step: metrics, then progress measures."""
+    return [c for c in curves.columns if c not in ("run_id", "step")]
 
 
 def runs_table(config: SweepConfig, run_ids, runs: list[SweepConfig], events: dict[str, np.ndarray],
@@ -60,8 +100,11 @@ def runs_table(config: SweepConfig, run_ids, runs: list[SweepConfig], events: di
     df["done"] = np.asarray(events["done"], bool)
     last = curves.groupby("run_id").tail(1).set_index("run_id")
     df["final_step"] = df["run_id"].map(last["step"]).astype("Int64")
-    for metric in CURVE_METRICS:
-        df[f"final_{metric}"] = df["run_id"].map(last[metric])
+    for metric in measure_columns(curves):
+        if metric == "key_frequencies":  # the final set, a list per run
+            df[metric] = df["run_id"].map(last[metric])
+        else:
+            df[f"final_{metric}"] = df["run_id"].map(last[metric])
     return df
 
 

@@ -25,7 +25,7 @@ from grokjax.checkpoint import SweepCheckpointer, config_fingerprint
 from grokjax.experiment import build_program, run_settings
 from grokjax.folder import FolderLock, check_target
 from grokjax.program import RUN_AXIS, Program, RunSettings
-from grokjax.results import Results, curves_table, runs_table, write_results
+from grokjax.results import Results, concat_parts, curves_table, runs_table, write_results
 from grokjax.scheduler import GroupState, Round, Stop, abstract_states, train_group
 from grokjax.sweep import SweepConfig, SweepError
 
@@ -129,8 +129,7 @@ class Recorder:
 
     def host_arrays(self) -> dict[str, np.ndarray]:
         """Curves and events so far as flat arrays (a checkpoint's host item)."""
-        curves = curves_table(self.curve_parts)
-        out = {f"curve/{c}": curves[c].to_numpy() for c in curves.columns}
+        out = {f"curve/{c}": v for c, v in concat_parts(self.curve_parts).items()} if self.curve_parts else {}
         ids = sorted(self.events)
         out["events/run_id"] = np.array(ids, dtype=np.int64)
         for key in (self.events[ids[0]] if ids else {}):

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from grokjax.errors import SweepError
+from grokjax.interventions import GROKFAST, GROKFAST_LAMB
 from grokjax.optim import SCHEDULES
 from grokjax.plugins import (BUILTINS, build_task, call_factory, check_settings, convert_setting, name_of,
                              parameters_of, resolve, scalar_defaults, settings_of, takes_any_keyword)
@@ -69,6 +70,8 @@ class TaskConfig(_PluginSection):
     kind: ClassVar[str] = "task"
     name: str = _field("add", "the task: a built-in (see the task table) or package.module:attribute")
     data_fraction: float = _field(0.5, "fraction of the table used for training", gt=0.0, lt=1.0, per_run=True)
+    label_noise: float = _field(0.0, "fraction of the training labels replaced by a wrong class drawn from the "
+                                     "run's seed (Doshi et al.); test labels stay clean", ge=0.0, lt=1.0, per_run=True)
     settings: Settings = ()
 
 
@@ -92,7 +95,25 @@ class OptimizerConfig(_PluginSection):
                            choices=SCHEDULES)
     decay_steps: int = _field(0, "length of the decay after warm-up; 0: the rest of the budget", ge=0,
                               le=INT32_MAX, per_run=True)
+    grokfast: str = _field("none", "Grokfast gradient filter before the optimizer (Lee et al. 2024): an EMA or "
+                                   "the moving average of the last grokfast_window gradients", choices=GROKFAST)
+    grokfast_alpha: float = _field(0.98, "Grokfast EMA decay", ge=0.0, lt=1.0, per_run=True)
+    grokfast_lamb: float = _field(-1.0, "Grokfast amplification: g + lamb * filtered; -1: 2 for ema, 5 for ma",
+                                  ge=-1.0, per_run=True)
+    grokfast_window: int = _field(100, "Grokfast MA window (its state holds this many gradients per run)", ge=1,
+                                  le=100_000)
+    orthograd: bool = _field(False, "⊥Grad (Prieto et al. 2025): remove each tensor's gradient component along "
+                                    "its weights, keep its norm, before the optimizer")
+    fixed_norm: float = _field(0.0, "after each step rescale all parameters to this factor times their initial "
+                                    "norm (Omnigrok); 0: off", ge=0.0, per_run=True)
     settings: Settings = ()
+
+    def resolved(self, key: str):
+        """A setting with its 'depends on another setting' default filled in."""
+        value = getattr(self, key)
+        if key == "grokfast_lamb" and value < 0:
+            return GROKFAST_LAMB[self.grokfast]
+        return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +129,8 @@ class TrainConfig:
                                         "(computed in at least float32; recorded as train_loss/test_loss)")
     precision: str = _field("float32", "float32; bfloat16 matmuls (parameters and loss stay float32); "
                                        "float64 everywhere", choices=("float32", "bfloat16", "float64"))
+    progress_measures: bool = _field(True, "record the progress measures that apply (norm per parameter group, "
+                                           "softmax collapse, Fourier spectrum, restricted/excluded loss)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,6 +288,7 @@ class SweepConfig:
         out = {"task": self.task.name, "model": self.model.name, "optimizer": self.optimizer.name,
                "loss": self.train.loss}
         out.update({k: self.get(k) for k in PER_RUN_FIELDS})
+        out["grokfast_lamb"] = self.optimizer.resolved("grokfast_lamb")
         plugin = self.plugin_keys()
         for section in PLUGIN_SECTIONS:
             part = getattr(self, section)
@@ -493,9 +517,12 @@ def _check_consistency(config: SweepConfig) -> None:
         if tr.precision != "float32" and not {"dtype", "param_dtype"} <= set(parameters_of(model_fn)):
             raise SweepError(f"train.precision = {tr.precision!r} needs a model factory that takes dtype and "
                              f"param_dtype keywords; model '{m.name}' does not")
-        if task.regression and tr.loss == "cross_entropy":
-            raise SweepError(f"train.loss = 'cross_entropy' needs class labels; task '{t.name}' has float "
+        if task.regression and tr.loss in ("cross_entropy", "stablemax"):
+            raise SweepError(f"train.loss = {tr.loss!r} needs class labels; task '{t.name}' has float "
                              f"targets: use 'mse' or a loss of your own")
+        noise = [t.label_noise, *dict(config.grid).get("label_noise", ())]
+        if task.regression and max(noise) > 0:
+            raise SweepError(f"task.label_noise needs class labels; task '{t.name}' has float targets")
         # a per-run optimizer axis: build the optimizer with each of its values, so that a
         # factory refuses bad ones before training
         o = c.optimizer

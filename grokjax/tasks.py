@@ -35,6 +35,8 @@ class Task:
         algorithmic tasks label with the same ids as their operands), ``o`` for float targets.
       tolerance: regression only: an example counts as correct when every output is within
         ``tolerance`` of its target (0.5: rounding the output gives the target's integer).
+      modulus: for tasks over ``Z_p`` (tokens ``0 .. p - 1`` are residues): ``p``. Turns on the
+        Fourier progress measures of the embedding (``progress``).
     """
 
     name: str
@@ -43,6 +45,7 @@ class Task:
     n_symbols: int
     n_classes: int | None = None
     tolerance: float = 0.5
+    modulus: int | None = None
 
     def __post_init__(self):
         inputs, labels = np.asarray(self.inputs), np.asarray(self.labels)
@@ -143,7 +146,7 @@ def modular_task(op: str) -> Callable[..., Task]:
         if spec.y_nonzero:
             x, y = x[y != 0], y[y != 0]
         labels = np.mod(spec.fn(x, y, p), p)
-        return Task(op, np.stack([x, y], 1), labels, p)
+        return Task(op, np.stack([x, y], 1), labels, p, modulus=p)
 
     make.__name__ = make.__qualname__ = op
     make.__doc__ = f"({spec.formula}) mod p over every pair; p is the modulus" + \

@@ -119,7 +119,12 @@ def test_run_plot_and_summary(tmp_path):
     assert proc.returncode == 0, proc.stderr
     figures = tmp_path / "res" / "figures"
     assert {p.name for p in figures.iterdir()} == {"phase_diagram.png", "phase_map.png", "learning_curves.png",
-                                                   "critical_fraction.png"}
+                                                   "critical_fraction.png", "progress.png"}
+    proc = grokjax("plot", "res", "--progress", "--cell", "data_fraction=0.6,seed=1", "--out", "one", cwd=tmp_path)
+    assert proc.returncode == 0 and (tmp_path / "one" / "progress.png").is_file(), proc.stderr
+    for cell in ("widht=1", "seed"):
+        proc = grokjax("plot", "res", "--progress", "--cell", cell, cwd=tmp_path)
+        assert proc.returncode == 2 and cell.split("=")[0] in proc.stderr and "Traceback" not in proc.stderr
     proc = grokjax("plot", "res", "--metric", "final_test_acc", "--format", "svg", "--facet", "seed",
                    "--out", "svgs", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

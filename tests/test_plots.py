@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from grokjax.analysis import cell_summary
-from grokjax.plots import default_axes, draw_metric_map, draw_phase_map, plot_results
+from grokjax.plots import default_axes, draw_metric_map, draw_phase_map, plot_results, progress_figure, select_cell
 from tests.test_analysis import curve, synthetic_runs
 
 
@@ -87,3 +87,24 @@ def test_categorical_axis(tmp_path):
     assert default_axes((("task", ("add", "div")), ("data_fraction", (0.3, 0.5)))) == ("data_fraction", "task")
     paths = plot_results(runs, synthetic_curves(runs), tmp_path, "data_fraction", "task")
     assert len(paths) == 4
+
+
+def test_progress_figure_draws_the_recorded_measures_of_one_cell(tmp_path):
+    runs = synthetic_runs()
+    curves = synthetic_curves(runs)
+    curves["restricted_loss"] = 1.0 / curves["step"].clip(lower=1)
+    curves["norm_embeddings"] = 2.0
+    curves["fourier_gini"] = 0.5
+    curves["key_frequencies"] = [[3, 14]] * len(curves)
+    label, ids = select_cell(runs, None, "data_fraction", "weight_decay")
+    assert label.startswith("grokking") and runs.set_index("run_id").loc[ids, "phase"].eq("grokking").mean() > 0.5
+    label, ids = select_cell(runs, {"weight_decay": 1.0, "data_fraction": 0.5}, None, None)
+    assert len(ids) == runs.query("weight_decay == 1.0 and data_fraction == 0.5").shape[0] > 0
+    path = progress_figure(runs, curves, tmp_path / "progress.png", {"seed": 0})
+    with Image.open(path) as image:
+        assert image.size[0] > 4 * 300  # four panels: losses, norms, concentration, key frequencies
+    for bad, match in (({"widht": 1}, "not a column"), ({"seed": 99}, "no run has")):
+        with pytest.raises(ValueError, match=match):
+            select_cell(runs, bad, None, None)
+    paths = plot_results(runs, curves, tmp_path, "data_fraction", "weight_decay")
+    assert paths[-1].name == "progress.png"
