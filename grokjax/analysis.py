@@ -119,3 +119,46 @@ def reclassify(runs: pd.DataFrame, curves: pd.DataFrame, memorize_threshold: flo
     out["phase"] = classify_phases(out["memorize_step"].fillna(NEVER).to_numpy(),
                                    out["grok_step"].fillna(NEVER).to_numpy(), out["diverged"].to_numpy(), gap)
     return out
+
+
+def progress_steps(curves: pd.DataFrame, loss_threshold: float = 0.1) -> pd.DataFrame:
+    """When each run's progress measures move (Nanda et al.'s story), one row per run:
+
+    - ``test_loss_step``, ``restricted_loss_step``: first evaluation with that loss at most
+      ``loss_threshold`` (the restricted loss falling first says the circuit forms before the
+      memorizing solution is cleaned up);
+    - ``keys_settled_step``: first evaluation from which the key frequencies stay the final set
+      (non-empty), and ``key_frequencies``, that set;
+    - ``excluded_loss_peak_step`` and ``excluded_loss_peak``: where the excluded loss is largest
+      (it rises as the training set comes to rely on the key frequencies);
+    - ``norm_peak_step``, ``norm_peak`` and ``norm_final``: the parameter norm's peak and where it
+      ended (it falls through the clean-up).
+    Null where a measure was not recorded or never got there.
+    """
+    rows = []
+    for run_id, c in curves.sort_values(["run_id", "step"]).groupby("run_id"):
+        row = {"run_id": run_id}
+        for column in ("test_loss", "restricted_loss"):
+            hit = c.loc[c[column] <= loss_threshold, "step"] if column in c else pd.Series(dtype=float)
+            row[f"{column}_step"] = hit.iloc[0] if len(hit) else None
+        keys = c["key_frequencies"].tolist() if "key_frequencies" in c else []
+        final = list(keys[-1]) if keys and keys[-1] is not None else []
+        settled = None
+        if final:
+            same = [k is not None and list(k) == final for k in keys]
+            first = len(same) - next((i for i, s in enumerate(reversed(same)) if not s), len(same))
+            settled = c["step"].iloc[first]
+        row.update(keys_settled_step=settled, key_frequencies=final or None)
+        if "excluded_loss" in c and c["excluded_loss"].notna().any():
+            peak = c["excluded_loss"].idxmax()
+            row.update(excluded_loss_peak_step=c.loc[peak, "step"], excluded_loss_peak=c.loc[peak, "excluded_loss"])
+        top = c["param_norm"].idxmax()
+        row.update(norm_peak_step=c.loc[top, "step"], norm_peak=c.loc[top, "param_norm"],
+                   norm_final=c["param_norm"].iloc[-1])
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    for column in ("test_loss_step", "restricted_loss_step", "keys_settled_step", "excluded_loss_peak_step",
+                   "norm_peak_step"):
+        if column in out:
+            out[column] = out[column].astype("Int64")
+    return out

@@ -89,8 +89,9 @@ def update_events(events: Events, metrics: dict, step, active, rule: EventRule) 
 def classify_phases(memorize_step, grok_step, diverged, gap) -> np.ndarray:
     """Phases (Liu et al. 2022) from per-run event steps (NaN or NEVER where never reached).
 
-    comprehension: both reached, grok_step - memorize_step <= gap; grokking: delay > gap;
-    memorization: only train accuracy reached; confusion: train accuracy never reached;
+    comprehension: both reached, grok_step - memorize_step <= gap, or test accuracy reached without
+    train accuracy (a run that generalizes while refusing noisy training labels); grokking:
+    delay > gap; memorization: only train accuracy reached; confusion: neither reached;
     diverged: the run's loss became non-finite (whatever it reached before).
     ``gap`` is a number or one per run.
     """
@@ -100,6 +101,6 @@ def classify_phases(memorize_step, grok_step, diverged, gap) -> np.ndarray:
     grok = np.where(grok == NEVER, np.nan, grok)
     delay = grok - mem
     phase = np.where(
-        np.isnan(mem), "confusion",
-        np.where(np.isnan(grok), "memorization", np.where(delay > gap, "grokking", "comprehension")))
+        np.isnan(grok), np.where(np.isnan(mem), "confusion", "memorization"),
+        np.where(~np.isnan(mem) & (delay > gap), "grokking", "comprehension"))
     return np.where(np.asarray(diverged, bool), "diverged", phase).astype(object)

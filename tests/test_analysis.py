@@ -60,6 +60,16 @@ def test_phase_shares_sum_to_one():
     assert shares.loc[shares.data_fraction == 0.2, "memorization"].eq(1).all()
 
 
+def test_phases_of_every_combination_of_events():
+    from grokjax.metrics import NEVER, classify_phases
+
+    mem = [100, 100, 100, NEVER, NEVER, 100]
+    grok = [150, 900, NEVER, NEVER, 400, 150]
+    phases = classify_phases(mem, grok, [False] * 5 + [True], 100)
+    # test accuracy without train accuracy: generalizing instead of fitting noisy labels
+    assert list(phases) == ["comprehension", "grokking", "memorization", "confusion", "comprehension", "diverged"]
+
+
 @pytest.mark.parametrize("critical", [0.3, 0.5, 0.7])
 def test_critical_fraction_known_answer(critical):
     table = critical_fraction(synthetic_runs(critical), n_boot=200)

@@ -61,7 +61,8 @@ def test_grok_gap_default_scales_with_budget():
 
 
 def test_field_tables_are_consistent():
-    assert {"seed", "data_fraction", "lr", "init_scale", "warmup_steps", "decay_steps"} == set(PER_RUN_FIELDS)
+    assert {"seed", "data_fraction", "lr", "init_scale", "warmup_steps", "decay_steps", "label_noise",
+            "grokfast_alpha", "grokfast_lamb", "fixed_norm"} == set(PER_RUN_FIELDS)
     config = sweep_from_dict({"optimizer": {"weight_decay": 0.5, "beta1": 0.8}})
     assert {"weight_decay", "beta1"} <= set(config.per_run_keys())  # the optimizer's floats
     assert {"p", "width", "steps"}.isdisjoint(config.per_run_keys())
@@ -107,6 +108,17 @@ BAD = [
     (dict(optimizer=dict(schedule="exp")), "optimizer.schedule", "constant, cosine, linear"),
     (dict(task=dict(p=11), train=dict(batch_size=500)), "train.batch_size", "full batch"),
     (dict(name="a/b"), "name", "folder name"),
+    (dict(task=dict(label_noise=1.5)), "task.label_noise", "< 1.0"),
+    (dict(grid=dict(label_noise=[0.0, -0.1])), "grid.label_noise", ">= 0.0"),
+    (dict(optimizer=dict(grokfast="fast")), "optimizer.grokfast", "none, ema, ma"),
+    (dict(optimizer=dict(grokfast_alpha=1.0)), "optimizer.grokfast_alpha", "< 1.0"),
+    (dict(optimizer=dict(grokfast_window=0)), "optimizer.grokfast_window", ">= 1"),
+    (dict(optimizer=dict(orthograd="yes")), "optimizer.orthograd", "true or false"),
+    (dict(optimizer=dict(fixed_norm=-1)), "optimizer.fixed_norm", ">= 0.0"),
+    (dict(task=dict(name="user_plugins:regression_sum"), train=dict(loss="stablemax")), "train.loss = 'stablemax'",
+     "class labels"),
+    (dict(task=dict(name="user_plugins:regression_sum"), train=dict(loss="mse"), grid=dict(label_noise=[0.1])),
+     "task.label_noise", "class labels"),
 ]
 
 

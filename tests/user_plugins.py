@@ -82,3 +82,10 @@ def jax_task():
 
 def dict_model(n_symbols, n_classes):
     return {"layers": 2}
+
+
+def regression_sum(p: int = 5) -> grokjax.Task:
+    """Float targets: (x + y) / p as a regression."""
+    x, y = np.meshgrid(np.arange(p), np.arange(p), indexing="ij")
+    inputs = np.stack([x.ravel(), y.ravel()], 1)
+    return grokjax.Task("regression_sum", inputs, (inputs.sum(1, keepdims=True) / p).astype(np.float32), p)
