@@ -127,8 +127,9 @@ def progress_steps(curves: pd.DataFrame, loss_threshold: float = 0.1) -> pd.Data
     - ``test_loss_step``, ``restricted_loss_step``: first evaluation with that loss at most
       ``loss_threshold`` (the restricted loss falling first says the circuit forms before the
       memorizing solution is cleaned up);
-    - ``keys_settled_step``: first evaluation from which the key frequencies stay the final set
-      (non-empty), and ``key_frequencies``, that set;
+    - ``keys_first_step``: first evaluation with a key frequency; ``keys_settled_step``: first
+      evaluation from which the key frequencies stay the final set (non-empty), and
+      ``key_frequencies``, that set;
     - ``excluded_loss_peak_step`` and ``excluded_loss_peak``: where the excluded loss is largest
       (it rises as the training set comes to rely on the key frequencies);
     - ``norm_peak_step``, ``norm_peak`` and ``norm_final``: the parameter norm's peak and where it
@@ -148,7 +149,8 @@ def progress_steps(curves: pd.DataFrame, loss_threshold: float = 0.1) -> pd.Data
             same = [k is not None and list(k) == final for k in keys]
             first = len(same) - next((i for i, s in enumerate(reversed(same)) if not s), len(same))
             settled = c["step"].iloc[first]
-        row.update(keys_settled_step=settled, key_frequencies=final or None)
+        first_key = next((s for s, k in zip(c["step"], keys) if k is not None and len(k)), None)
+        row.update(keys_first_step=first_key, keys_settled_step=settled, key_frequencies=final or None)
         if "excluded_loss" in c and c["excluded_loss"].notna().any():
             peak = c["excluded_loss"].idxmax()
             row.update(excluded_loss_peak_step=c.loc[peak, "step"], excluded_loss_peak=c.loc[peak, "excluded_loss"])
@@ -157,7 +159,8 @@ def progress_steps(curves: pd.DataFrame, loss_threshold: float = 0.1) -> pd.Data
                    norm_final=c["param_norm"].iloc[-1])
         rows.append(row)
     out = pd.DataFrame(rows)
-    for column in ("test_loss_step", "restricted_loss_step", "keys_settled_step", "excluded_loss_peak_step",
+    for column in ("test_loss_step", "restricted_loss_step", "keys_first_step", "keys_settled_step",
+                   "excluded_loss_peak_step",
                    "norm_peak_step"):
         if column in out:
             out[column] = out[column].astype("Int64")

@@ -124,3 +124,20 @@ def test_reclassify_at_liu_threshold():
     strict = reclassify(runs, curves).iloc[0]
     liu = reclassify(runs, curves, 0.9, 0.9).iloc[0]
     assert strict.phase == "memorization" and liu.phase == "comprehension" and liu.grok_step == 30
+
+
+def test_progress_steps_reads_when_each_measure_moves():
+    from grokjax.analysis import progress_steps
+
+    steps = [100, 200, 300, 400, 500]
+    curves = pd.DataFrame(dict(
+        run_id=0, step=steps, test_loss=[3.0, 2.0, 0.5, 0.05, 0.01], restricted_loss=[3.5, 0.8, 0.05, 0.0, 0.0],
+        excluded_loss=[0.1, 2.0, 6.0, 5.0, 4.0], param_norm=[40.0, 42.0, 38.0, 35.0, 33.0],
+        key_frequencies=[[], [4], [4, 9], [4, 9, 11], [4, 9, 11]]))
+    row = progress_steps(curves, loss_threshold=0.1).iloc[0]
+    assert (row.test_loss_step, row.restricted_loss_step, row.keys_first_step, row.keys_settled_step) == (
+        400, 300, 200, 400)
+    assert row.key_frequencies == [4, 9, 11] and row.excluded_loss_peak_step == 300
+    assert (row.norm_peak_step, row.norm_peak, row.norm_final) == (200, 42.0, 33.0)
+    bare = progress_steps(curves[["run_id", "step", "test_loss", "param_norm"]]).iloc[0]
+    assert pd.isna(bare.restricted_loss_step) and bare.key_frequencies is None
