@@ -77,6 +77,10 @@ class Task:
                              f"{labels.dtype} and shape {labels.shape}")
         if not isinstance(self.n_symbols, (int, np.integer)) or self.n_symbols < 1:
             raise ValueError(f"n_symbols must be a positive integer, got {self.n_symbols!r}")
+        if self.modulus is not None and not (isinstance(self.modulus, (int, np.integer)) and
+                                             2 <= self.modulus <= self.n_symbols):
+            raise ValueError(f"modulus must be None or an integer p with 2 <= p <= n_symbols = {self.n_symbols} "
+                             f"(tokens 0 .. p - 1 are residues), got {self.modulus!r}")
         object.__setattr__(self, "inputs", inputs)
         object.__setattr__(self, "labels", labels)
         object.__setattr__(self, "n_classes", int(n_classes))

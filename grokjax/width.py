@@ -94,9 +94,10 @@ def _run_steps_per_s(program: Program, settings: RunSettings, state: RunState, k
     states = jax.tree.map(lambda x: jnp.broadcast_to(x, (k, *x.shape)), state)
     mask = jnp.arange(program.task.size) < program.train_rows
     rows = None if program.batch_size else jnp.arange(program.train_rows)
+    labels = jnp.asarray(program.task.labels)  # a run's noisy labels are drawn once per period, not per step
 
     def step(states, hp):  # the steps of k runs, mapped as the grid maps them
-        return map_runs(lambda s, h: program.train_step(s, h, mask, rows), (states, hp), k, k)
+        return map_runs(lambda s, h: program.train_step(s, h, mask, rows, labels), (states, hp), k, k)
 
     train = jax.jit(lambda s, h, n: jax.lax.fori_loop(0, n, lambda _, s: step(s, h), s))
     jax.block_until_ready(train(states, hp, 1))  # compiles

@@ -176,3 +176,13 @@ def test_wrap_adds_only_what_is_on():
         wrap(base, grokfast="fast")
     state = wrap(base, "ma", grokfast_window=4, use_fixed_norm=False).init(PARAMS)
     assert state[0].window["a"].shape == (4, 3, 4)  # the MA filter holds `window` gradients per run
+
+
+def test_interventions_wrap_an_optax_optimizer_of_the_grid(sweep):
+    base = dict(optimizer=dict(name="lion", lr=1e-3, orthograd=True, grokfast_window=3),
+                train=dict(steps=20, eval_every=10, runs_per_batch=2, progress_measures=False))
+    results = grokjax.run_sweep(sweep(**base, grid=dict(grokfast=["none", "ma"])), progress=False, tune_cache=None)
+    curves = results.curves
+    assert np.isfinite(curves["train_loss"]).all() and len(results.meta["groups"]) == 2
+    plain, filtered = (curves.query(f"run_id == {i}")["train_loss"].to_numpy() for i in (0, 1))
+    assert not np.allclose(plain, filtered) and filtered[-1] < filtered[0]

@@ -118,3 +118,9 @@ def test_digits_are_float_features_with_ten_classes():
 def test_task_refuses_bad_arrays(inputs, labels, n_symbols, match):
     with pytest.raises(ValueError, match=match):
         Task("bad", inputs, labels, n_symbols)
+
+
+def test_modular_tasks_declare_their_modulus():
+    assert make_task("add", 13).modulus == 13 and make_task("div", 13).modulus == 13
+    with pytest.raises(ValueError, match="modulus must be None or an integer p"):
+        Task("bad", np.zeros((4, 2), np.int32), np.zeros(4, np.int32), 5, modulus=9)
