@@ -291,7 +291,8 @@ def progress_figure(runs: pd.DataFrame, curves: pd.DataFrame, path, cell: dict |
     fig, axes = _subplots(max(len(panels), 1), 3.6, 3.0)
     cell_runs = runs[runs["run_id"].isin(ids)]
     marks = [(cell_runs[k].dropna().astype(float).median(), ls, k.replace("_", " "))
-             for k, ls in (("memorize_step", ":"), ("grok_step", "--")) if k in cell_runs and cell_runs[k].notna().any()]
+             for k, ls in (("memorize_step", ":"), ("grok_step", "--"))
+             if k in cell_runs and cell_runs[k].notna().any()]
     for ax, (name, ylabel, log, columns) in zip(axes, panels):
         present = [c for c in columns if c in sub and sub[c].notna().any()]
         for i, column in enumerate(present):

@@ -73,9 +73,9 @@ def measures_for(task: Task, enabled: bool = True) -> Measures:
         return Measures(enabled=False)
     p = int(task.modulus or 0)
     restricted = False
-    if p and not task.regression and task.size == p * p and task.n_classes == p:
+    if p and not task.regression and task.size == p * p and task.n_classes == p and task.inputs.shape[1] == 2:
         counts = np.bincount(task.labels, minlength=p)
-        pairs = np.unique(task.inputs[:, 0].astype(np.int64) * p + task.inputs[:, 1]) if task.inputs.shape[1] >= 2 else []
+        pairs = np.unique(task.inputs[:, 0].astype(np.int64) * p + task.inputs[:, 1])
         restricted = bool((counts == p).all() and len(pairs) == p * p)
     return Measures(True, not task.regression, p, restricted)
 

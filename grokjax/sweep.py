@@ -125,7 +125,7 @@ class TrainConfig:
     seed: int = _field(0, "seeds the run's split, init and batches", ge=0, le=INT32_MAX, per_run=True)
     runs_per_batch: int = _field(0, "runs vmapped together inside the program; 0: measured on a CPU, "
                                     "the device's share on an accelerator", ge=0, le=2**20)
-    loss: str = _field("cross_entropy", "training loss: cross_entropy, mse or package.module:attribute "
+    loss: str = _field("cross_entropy", "training loss: cross_entropy, stablemax, mse or package.module:attribute "
                                         "(computed in at least float32; recorded as train_loss/test_loss)")
     precision: str = _field("float32", "float32; bfloat16 matmuls (parameters and loss stay float32); "
                                        "float64 everywhere", choices=("float32", "bfloat16", "float64"))
