@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pandas as pd
 import pytest
 
 import grokjax
@@ -186,3 +187,16 @@ def test_interventions_wrap_an_optax_optimizer_of_the_grid(sweep):
     assert np.isfinite(curves["train_loss"]).all() and len(results.meta["groups"]) == 2
     plain, filtered = (curves.query(f"run_id == {i}")["train_loss"].to_numpy() for i in (0, 1))
     assert not np.allclose(plain, filtered) and filtered[-1] < filtered[0]
+
+
+def test_the_smallest_stablemax_check_groks_without_weight_decay_only_with_both(sweep):
+    """sweeps/stablemax_cpu.toml at p = 31: StableMax + ⊥AdamW groks with weight decay 0 within
+    300 steps; plain cross-entropy with AdamW fits the training set and stays at chance."""
+    base = dict(task=dict(p=31, data_fraction=0.6), model=dict(name="mlp", embed_dim=32, width=128, depth=2),
+                optimizer=dict(lr=1e-2, weight_decay=0.0), train=dict(steps=300, eval_every=50, runs_per_batch=1))
+    plain = grokjax.run_sweep(sweep(**base), progress=False, tune_cache=None).runs.iloc[0]
+    both = grokjax.run_sweep(sweep(**{**base, "optimizer": dict(base["optimizer"], orthograd=True),
+                                      "train": dict(base["train"], loss="stablemax")}),
+                             progress=False, tune_cache=None).runs.iloc[0]
+    assert plain.memorize_step <= 100 and pd.isna(plain.grok_step) and plain.final_test_acc < 0.05
+    assert both.grok_step <= 300 and both.final_test_acc > 0.99
