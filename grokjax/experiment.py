@@ -11,7 +11,7 @@ import numpy as np
 
 from grokjax.errors import SweepError
 from grokjax.metrics import EventRule
-from grokjax.models import PRECISIONS
+from grokjax.models import MATMUL_PRECISION, PRECISIONS
 from grokjax.plugins import SETTING_OF, build_task, call_factory, resolve
 from grokjax.program import Program, RunSettings, train_size
 from grokjax.progress import measures_for
@@ -27,7 +27,7 @@ def build_program(config: SweepConfig, runs: list[SweepConfig] | None = None, ch
         jax.config.update("jax_enable_x64", True)  # float64 arrays need JAX's 64-bit mode (process-wide)
     model_fn = resolve("model", m.name)
     precision = {}
-    if tr.precision != "float32":
+    if tr.precision in ("bfloat16", "float64"):
         precision = dict(zip(("dtype", "param_dtype"), PRECISIONS[tr.precision]))
     model = call_factory("model", m.name, model_fn, task.n_symbols, task.n_classes, **dict(m.settings), **precision)
     rows = max(train_size(r.task.data_fraction, task.size) for r in (runs or [config]))
@@ -41,7 +41,7 @@ def build_program(config: SweepConfig, runs: list[SweepConfig] | None = None, ch
         train_rows=rows, cost_key=repr((rows, cost)), grokfast=o.grokfast, grokfast_window=o.grokfast_window,
         orthograd=o.orthograd, fixed_norm=any(r.optimizer.fixed_norm > 0 for r in runs or [config]),
         label_noise=any(r.task.label_noise > 0 for r in runs or [config]),
-        measures=measures_for(task, tr.progress_measures))
+        measures=measures_for(task, tr.progress_measures), matmul_precision=MATMUL_PRECISION[tr.precision])
     if check:
         check_program(program, run_settings([config]), config)
     return program

@@ -151,8 +151,16 @@ class Transformer(nn.Module):
 
 
 # train.precision -> (computation dtype, parameter dtype); the loss is always at least float32
-PRECISIONS = {"float32": (jnp.float32, jnp.float32), "bfloat16": (jnp.bfloat16, jnp.float32),
+PRECISIONS = {"float32": (jnp.float32, jnp.float32), "tensorfloat32": (jnp.float32, jnp.float32),
+              "bfloat16": (jnp.bfloat16, jnp.float32),
               "float64": (jnp.float64, jnp.float64)}
+
+
+# train.precision -> the precision of every matmul (jax.default_matmul_precision). JAX's default
+# lets float32 matmuls run as TF32 on recent NVIDIA GPUs and as bfloat16 passes on TPUs; grokking
+# depends on precision, so "float32" asks for true float32 ("highest") on every backend and
+# "tensorfloat32" is the explicit choice of speed. On a CPU both compute in float32.
+MATMUL_PRECISION = {"float32": "highest", "tensorfloat32": "high", "bfloat16": "default", "float64": "highest"}
 
 
 def _check_activation(activation: str) -> None:

@@ -118,6 +118,8 @@ class Program:
       grokfast, grokfast_window, orthograd: the gradient filters (``interventions.wrap``).
       fixed_norm, label_noise: some run of the group uses them (else they are left out).
       measures: the progress measures evaluations record (``progress.Measures``).
+      matmul_precision: of every matmul of the model and the measures (``models.MATMUL_PRECISION``):
+        set per matmul at trace time, so the compiled program carries it on any backend.
     """
 
     task: Task
@@ -138,9 +140,11 @@ class Program:
     fixed_norm: bool = False
     label_noise: bool = False
     measures: Measures = Measures(enabled=False)
+    matmul_precision: str = "highest"
 
     def apply(self, params, inputs):
-        return self.model.apply({"params": params}, inputs)
+        with jax.default_matmul_precision(self.matmul_precision):  # the backward pass inherits it
+            return self.model.apply({"params": params}, inputs)
 
     def tx(self, settings: RunSettings) -> optax.GradientTransformation:
         schedule = lr_schedule(settings.lr, settings.warmup_steps, settings.decay_steps, self.schedule, self.steps)
@@ -208,7 +212,8 @@ class Program:
         clean = jnp.asarray(self.task.labels)
         labels = clean if labels is None else labels
         metrics = evaluate(outputs, labels, train_mask, params, self.loss, self.task.regression, self.task.tolerance)
-        return dict(metrics, **measure(self.measures, params, outputs, clean, labels, train_mask, self.loss))
+        with jax.default_matmul_precision(self.matmul_precision):
+            return dict(metrics, **measure(self.measures, params, outputs, clean, labels, train_mask, self.loss))
 
     def train_period(self, state: RunState, settings: RunSettings, n_evals: int):
         """``n_evals`` times: ``eval_every`` steps, then an evaluation on the full table.

@@ -315,7 +315,8 @@ def _train(config, runs, groups, out, primary, progress, sweep_text, write_every
                                runs_per_batch_choice=stats.runs_per_batch_choice, widths=stats.widths,
                                devices=stats.devices, compile_time_s=round(stats.compile_time_s, 3),
                                train_time_s=round(stats.train_time_s, 3), run_steps=stats.run_steps,
-                               slot_steps=stats.slot_steps))
+                               slot_steps=stats.slot_steps, precision=runs[group.run_ids[0]].train.precision,
+                               matmul_precision=group.program.matmul_precision))
     table, curves = recorder.tables()
     meta = _meta(config, runs, group_meta, table, mesh, started, t_start, restored.step if restored else None)
     if out is not None and primary:

@@ -127,8 +127,11 @@ class TrainConfig:
                                     "the device's share on an accelerator", ge=0, le=2**20)
     loss: str = _field("cross_entropy", "training loss: cross_entropy, stablemax, mse or package.module:attribute "
                                         "(computed in at least float32; recorded as train_loss/test_loss)")
-    precision: str = _field("float32", "float32; bfloat16 matmuls (parameters and loss stay float32); "
-                                       "float64 everywhere", choices=("float32", "bfloat16", "float64"))
+    precision: str = _field("float32", "float32: true float32 matmuls on every backend; tensorfloat32: "
+                                       "float32 with TF32 matmuls where the hardware has them (faster on "
+                                       "NVIDIA GPUs); bfloat16 matmuls (parameters and loss stay float32); "
+                                       "float64 everywhere",
+                            choices=("float32", "tensorfloat32", "bfloat16", "float64"))
     progress_measures: bool = _field(True, "record the progress measures that apply (norm per parameter group, "
                                            "softmax collapse, Fourier spectrum, restricted/excluded loss)")
 
@@ -514,7 +517,7 @@ def _check_consistency(config: SweepConfig) -> None:
                              f"'{t.name}'; use 0 for full batch")
         model_fn = resolve("model", m.name)
         call_factory("model", m.name, model_fn, task.n_symbols, task.n_classes, **dict(m.settings))
-        if tr.precision != "float32" and not {"dtype", "param_dtype"} <= set(parameters_of(model_fn)):
+        if tr.precision in ("bfloat16", "float64") and not {"dtype", "param_dtype"} <= set(parameters_of(model_fn)):
             raise SweepError(f"train.precision = {tr.precision!r} needs a model factory that takes dtype and "
                              f"param_dtype keywords; model '{m.name}' does not")
         if task.regression and tr.loss in ("cross_entropy", "stablemax"):

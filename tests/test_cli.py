@@ -53,6 +53,7 @@ def test_run_writes_the_results_folder(tmp_path):
     meta = json.loads((out / "meta.json").read_text())
     for key in ("versions", "devices", "compile_time_s", "wall_time_s", "run_steps_per_s"):
         assert key in meta
+    assert meta["groups"][0]["precision"] == "float32" and meta["groups"][0]["matmul_precision"] == "highest"
     assert (out / "sweep.toml").read_text() == QUICK
 
 

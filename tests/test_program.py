@@ -171,3 +171,20 @@ def test_precision_options(tmp_path, sweep):
     assert float(loss64) < 0.75 * np.log(23)
     assert abs(bf16.runs.final_train_loss.iloc[0] - f32.runs.final_train_loss.iloc[0]) < 0.2
     assert bf16.runs.final_train_loss.iloc[0] != f32.runs.final_train_loss.iloc[0]
+
+
+@pytest.mark.parametrize("precision, marker", [("float32", "HIGHEST"), ("tensorfloat32", "HIGH")])
+@pytest.mark.parametrize("model", [dict(name="mlp", embed_dim=16, width=32),
+                                   dict(name="transformer", d_model=16, n_heads=2, d_mlp=32)])
+def test_the_compiled_program_carries_the_requested_matmul_precision(sweep, precision, marker, model):
+    """No test here runs on a GPU, where float32 matmuls would otherwise run as TF32: the lowered
+    program (forward, backward, evaluation, measures) must ask for the precision itself."""
+    from grokjax.experiment import run_settings
+    from grokjax.program import make_grid_init, make_grid_period
+
+    config = sweep(model=model, train=dict(steps=10, eval_every=10, precision=precision))
+    program, settings = build_program(config), run_settings([config])
+    states = jax.eval_shape(make_grid_init(program, 1, 1), settings)
+    text = make_grid_period(program, 1, 1, 1).lower(states, settings).as_text()
+    dots = [line for line in text.splitlines() if "stablehlo.dot_general" in line or "stablehlo.dot " in line]
+    assert len(dots) > 5 and all(f"precision = [{marker}, {marker}]" in line for line in dots), dots[:3]
