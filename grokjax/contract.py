@@ -53,7 +53,8 @@ def check_plugins(task: str | Callable = "add", model: str | Callable = "mlp", l
     assert int(stepped.step) == 1 and not bool(stepped.events.diverged), \
         "one training step from the initial parameters was not finite (loss or update is NaN or inf)"
     metrics = jax.device_get(jax.jit(program.evaluate)(stepped.params, mask))
-    assert all(np.isfinite(v) for v in metrics.values()), f"evaluation is not finite: {metrics}"
+    assert all(np.isfinite(np.asarray(v, float)).all() for v in metrics.values()), \
+        f"evaluation is not finite: {metrics}"
     grid = run_sweep(config, progress=False, tune_cache=None).curves
     # runs_per_batch = 1 computes each run by itself, unbatched, one after another: the run alone
     alone = run_sweep(config.replace(runs_per_batch=1), progress=False, tune_cache=None).curves

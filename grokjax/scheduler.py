@@ -111,13 +111,18 @@ def chunk_width(program: Program, settings: RunSettings, runs_per_batch: int, n_
     return max(unit, ceil_div(width, unit) * unit)
 
 
-def bucket_sizes(width: int, unit: int) -> list[int]:
+def bucket_sizes(width: int, unit: int, floor: int = 1) -> list[int]:
     """Working-set sizes a group shrinks through as its runs finish: width, width/2, width/4,
-    ... (multiples of ``unit``), so finished runs stop costing compute at the price of one
-    compilation per bucket reached (cached on disk)."""
+    ... down to ``floor`` (the devices: each keeps an equal share), in multiples of ``unit`` (the
+    vmap width times the devices) while at least ``unit``, so finished runs stop costing compute
+    at the price of one compilation per bucket reached (cached on disk). Below ``unit`` a bucket
+    also narrows the vmap width: on an accelerator, where the vmap width is each device's whole
+    share, that is the only way a bucket can shrink at all."""
     sizes = [width]
-    while sizes[-1] > unit:
-        smaller = ceil_div(sizes[-1] // 2, unit) * unit
+    while sizes[-1] > floor:
+        half = ceil_div(sizes[-1], 2)
+        step = unit if half >= unit else floor
+        smaller = ceil_div(half, step) * step
         if smaller >= sizes[-1]:
             break
         sizes.append(smaller)
@@ -282,7 +287,7 @@ def train_group(program: Program, settings: RunSettings, run_ids: list[int],
                 round_.last = True
                 on_round(round_, group)
                 break
-            smaller = [b for b in bucket_sizes(first_width, per_batch * n_dev) if b >= len(alive)][-1]
+            smaller = [b for b in bucket_sizes(first_width, per_batch * n_dev, n_dev) if b >= len(alive)][-1]
             if repack and smaller < len(group.slots):
                 keep = np.concatenate([alive, np.nonzero(~real | finished)[0]])[:smaller]
                 slots = np.where(np.isin(np.arange(len(group.slots)), alive), group.slots, -1)[keep]

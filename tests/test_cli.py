@@ -164,7 +164,7 @@ def test_seed_only_sweep_gets_learning_curves(tmp_path):
     (tmp_path / "seeds.toml").write_text(QUICK.replace("data_fraction = [0.3, 0.6]\n", ""))
     proc = grokjax("run", "seeds.toml", "--out", "res", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert [p.name for p in (tmp_path / "res" / "figures").iterdir()] == ["learning_curves.png"]
+    assert sorted(p.name for p in (tmp_path / "res" / "figures").iterdir()) == ["learning_curves.png", "progress.png"]
     proc = grokjax("summary", "res", cwd=tmp_path)
     assert proc.returncode == 0 and "seed" in proc.stdout.splitlines()[1]
 

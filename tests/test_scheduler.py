@@ -54,6 +54,27 @@ def test_repacking_saves_compute_when_most_runs_finish_early(sweep):
     assert (slow.final_step == 1500).all() and results.runs.query("data_fraction > 0.5").done.all()
 
 
+def test_buckets_shrink_in_vmap_widths_then_narrow_them():
+    from grokjax.scheduler import bucket_sizes
+
+    assert bucket_sizes(8, 2) == [8, 4, 2, 1]
+    assert bucket_sizes(32, 32) == [32, 16, 8, 4, 2, 1]  # an accelerator's: the vmap width is the working set
+    assert bucket_sizes(48, 8) == [48, 24, 16, 8, 4, 2, 1]
+    assert bucket_sizes(16, 16, 8) == [16, 8]  # 8 devices keep a share each
+
+
+def test_repacking_at_the_accelerators_vmap_width_narrows_it(sweep):
+    # runs_per_batch = the working set, as on an accelerator: half the runs diverge at once
+    config = sweep(train=dict(steps=20, eval_every=10, runs_per_batch=8), grid=dict(lr=[1e-2, 1e20], seed=[0, 1, 2, 3]))
+    packed = grokjax.run_sweep(config, progress=False)
+    wide = grokjax.run_sweep(config, progress=False, repack=False)
+    group = packed.meta["groups"][0]
+    assert group["widths"] == [8, 4] and group["vmap_widths"] == [8, 4]
+    assert group["slot_steps"] < wide.meta["groups"][0]["slot_steps"]
+    pd.testing.assert_frame_equal(packed.runs, wide.runs, check_exact=False, rtol=1e-6)
+    pd.testing.assert_frame_equal(packed.curves, wide.curves, check_exact=False, rtol=1e-6)
+
+
 SHARDED = """
 import sys, grokjax
 sys.path.insert(0, {tests!r})
