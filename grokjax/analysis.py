@@ -160,8 +160,7 @@ def progress_steps(curves: pd.DataFrame, loss_threshold: float = 0.1) -> pd.Data
         rows.append(row)
     out = pd.DataFrame(rows)
     for column in ("test_loss_step", "restricted_loss_step", "keys_first_step", "keys_settled_step",
-                   "excluded_loss_peak_step",
-                   "norm_peak_step"):
+                   "excluded_loss_peak_step", "norm_peak_step"):
         if column in out:
             out[column] = out[column].astype("Int64")
     return out

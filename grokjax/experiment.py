@@ -33,14 +33,16 @@ def build_program(config: SweepConfig, runs: list[SweepConfig] | None = None, ch
     rows = max(train_size(r.task.data_fraction, task.size) for r in (runs or [config]))
     cost = tuple(kv for kv in config.static_key()  # what a step costs depends on neither of these
                  if kv[0] not in ("steps", "eval_every") and FIELDS.get(kv[0], ("",))[0] != "events")
+    group = runs or [config]
+    fixed_norm = any(r.optimizer.fixed_norm > 0 for r in group)  # else the group leaves the constraint out
+    label_noise = any(r.task.label_noise > 0 for r in group)
     program = Program(
         task=task, model=model, loss=resolve("loss", tr.loss), optimizer=resolve("optimizer", o.name),
         optimizer_static=tuple((k, v) for k, v in o.settings if not isinstance(v, float)),
         schedule=o.schedule, steps=tr.steps, eval_every=tr.eval_every, batch_size=tr.batch_size,
         rule=EventRule(ev.memorize_threshold, ev.grok_threshold, ev.patience, ev.stop_early),
-        train_rows=rows, cost_key=repr((rows, cost)), grokfast=o.grokfast, grokfast_window=o.grokfast_window,
-        orthograd=o.orthograd, fixed_norm=any(r.optimizer.fixed_norm > 0 for r in runs or [config]),
-        label_noise=any(r.task.label_noise > 0 for r in runs or [config]),
+        train_rows=rows, cost_key=repr((rows, cost, fixed_norm, label_noise)), grokfast=o.grokfast,
+        grokfast_window=o.grokfast_window, orthograd=o.orthograd, fixed_norm=fixed_norm, label_noise=label_noise,
         measures=measures_for(task, tr.progress_measures), matmul_precision=MATMUL_PRECISION[tr.precision])
     if check:
         check_program(program, run_settings([config]), config)
