@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pandas as pd
 
 import grokjax
 from grokjax.losses import cross_entropy
@@ -86,15 +87,27 @@ def test_softmax_collapse_counts_exactly_one_hot_training_rows():
     np.testing.assert_allclose(float(m["softmax_collapse"]), 1 / 3)  # row 0 of the three training rows
 
 
-def test_a_sweep_records_the_measures_as_curve_and_run_columns(sweep):
-    train = dict(steps=40, eval_every=20, runs_per_batch=2)
-    results = grokjax.run_sweep(sweep(train=train, grid=dict(seed=[0, 1])), progress=False)
+def test_the_smallest_progress_check_records_the_measures_and_they_move_before_grokking(sweep):
+    """A CPU-second version of sweeps/nanda2023_cpu.toml's check with the quickstart's MLP: the
+    columns are recorded, key frequencies appear before the grok step, the restricted loss falls
+    from memorization to grokking while the training set comes to need the key frequencies."""
+    from grokjax.analysis import progress_steps
+
+    train = dict(steps=300, eval_every=20, runs_per_batch=2)
+    base = dict(task=dict(p=47, data_fraction=0.6), model=dict(name="mlp", embed_dim=64, width=256),
+                optimizer=dict(lr=1e-2, weight_decay=3.0))
+    results = grokjax.run_sweep(sweep(**base, train=train, grid=dict(seed=[0, 1])), progress=False)
     curves, runs = results.curves, results.runs
     for column in ("softmax_collapse", "fourier_gini", "fourier_ipr", "key_frequencies", "restricted_loss",
                    "excluded_loss", "norm_embeddings", "norm_mlp", "norm_readout"):
         assert column in curves, column
-    assert all(isinstance(k, (list, np.ndarray)) for k in curves["key_frequencies"])
     assert "key_frequencies" in runs and "final_restricted_loss" in runs
-    off = grokjax.run_sweep(sweep(train=dict(train, progress_measures=False)), progress=False)
+    steps = progress_steps(curves).set_index("run_id")
+    for run in runs.itertuples():
+        c = curves[curves.run_id == run.run_id].set_index("step")
+        assert pd.notna(run.grok_step) and steps.loc[run.run_id, "keys_first_step"] < run.grok_step
+        assert c.loc[run.grok_step, "restricted_loss"] < 0.7 * c.loc[run.memorize_step, "restricted_loss"]
+        assert c.loc[run.grok_step, "excluded_loss"] > 3 * c.loc[run.grok_step, "train_loss"]
+    off = grokjax.run_sweep(sweep(**base, train=dict(train, steps=40, progress_measures=False)), progress=False)
     assert "fourier_gini" not in off.curves
-    np.testing.assert_allclose(off.curves["test_loss"], curves.query("run_id == 0")["test_loss"])
+    np.testing.assert_allclose(off.curves["test_loss"], curves.query("run_id == 0")["test_loss"][:2], rtol=1e-6)
