@@ -252,13 +252,20 @@ def map_runs(fn: Callable, xs, n_runs: int, runs_per_batch: int):
     return jax.lax.map(lambda x: fn(*x), xs, batch_size=runs_per_batch)
 
 
+def vmap_width(n_runs: int, runs_per_batch: int, n_devices: int = 1) -> int:
+    """Runs vmapped together when ``n_runs`` are spread over ``n_devices``: a working set smaller
+    than the vmap width narrows it."""
+    return min(runs_per_batch, n_runs // n_devices)
+
+
 def over_runs(fn: Callable, n_runs: int, runs_per_batch: int, mesh: Mesh | None):
     """``fn`` of one run mapped over ``n_runs``: each device of ``mesh`` takes its own slice of
     the run axis (shard_map) and maps over it ``runs_per_batch`` at a time."""
-    n_local = n_runs // (mesh.size if mesh is not None else 1)
+    n_devices = mesh.size if mesh is not None else 1
+    n_local = n_runs // n_devices
 
     def local(*xs):
-        return map_runs(fn, xs, n_local, min(runs_per_batch, n_local))
+        return map_runs(fn, xs, n_local, vmap_width(n_runs, runs_per_batch, n_devices))
 
     if mesh is None:
         return local

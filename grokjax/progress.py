@@ -47,7 +47,6 @@ GROUPS = {  # group: name fragments, checked in this order ("unembed" is read-ou
 EMBED_PARAM = "embed"
 KEY_FACTOR = 2.0  # a key frequency holds at least this many times the mean squared norm per frequency
 # (at initialization no frequency of a d >= 32 embedding comes near: the largest holds ~1.2 x the mean)
-SCALAR_MEASURES = ("softmax_collapse", "fourier_gini", "fourier_ipr", "restricted_loss", "excluded_loss")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,10 +173,5 @@ def measure(m: Measures, params, outputs: jax.Array, labels: jax.Array, run_labe
     return out
 
 
-def key_frequency_list(mask) -> list[int]:
-    """The frequencies ``k`` (from 1) a key-frequency mask marks."""
-    return [int(k) + 1 for k in np.flatnonzero(np.asarray(mask))]
-
-
 __all__ = ["Measures", "measures_for", "measure", "group_norms", "spectrum", "concentration", "key_frequencies",
-           "restricted_excluded", "key_frequency_list"]
+           "restricted_excluded"]

@@ -24,7 +24,7 @@ import pandas as pd
 from grokjax.checkpoint import SweepCheckpointer, config_fingerprint
 from grokjax.experiment import build_program, run_settings
 from grokjax.folder import FolderLock, check_target
-from grokjax.program import RUN_AXIS, Program, RunSettings
+from grokjax.program import RUN_AXIS, Program, RunSettings, vmap_width
 from grokjax.results import Results, concat_parts, curves_table, runs_table, write_results
 from grokjax.scheduler import GroupState, Round, Stop, abstract_states, train_group
 from grokjax.sweep import SweepConfig, SweepError
@@ -313,7 +313,7 @@ def _train(config, runs, groups, out, primary, progress, sweep_text, write_every
                 raise Interrupted(session.stop_signal[0], checkpointer.directory) from None
         group_meta.append(dict(runs=len(group.run_ids), runs_per_batch=stats.runs_per_batch,
                                runs_per_batch_choice=stats.runs_per_batch_choice, widths=stats.widths,
-                               vmap_widths=[min(stats.runs_per_batch, w // stats.devices) for w in stats.widths],
+                               vmap_widths=[vmap_width(w, stats.runs_per_batch, stats.devices) for w in stats.widths],
                                devices=stats.devices, compile_time_s=round(stats.compile_time_s, 3),
                                train_time_s=round(stats.train_time_s, 3), run_steps=stats.run_steps,
                                slot_steps=stats.slot_steps, precision=runs[group.run_ids[0]].train.precision,
