@@ -1,5 +1,5 @@
 """The numbers behind every figure, as DataFrames: per-cell aggregates, phase shares, critical
-data fractions, and events recomputed from curves at other thresholds.
+values (data fraction, or any axis), and events recomputed from curves at other thresholds.
 
 A *cell* is one combination of the two chosen axes (default ``data_fraction`` x
 ``weight_decay``); every other axis, seeds included, is aggregated within it.
@@ -62,34 +62,66 @@ def phase_shares(runs: pd.DataFrame, x: str = "data_fraction", y: str | None = "
     return shares.reindex(columns=list(PHASES), fill_value=0.0).reset_index().rename_axis(columns=None)
 
 
-def critical_fraction(runs: pd.DataFrame, by: str | None = "weight_decay", fraction: str = "data_fraction",
-                      majority: float = 0.5, n_boot: int = 1000, level: float = 0.95,
-                      seed: int = 0) -> pd.DataFrame:
-    """For each value of ``by``: the smallest data fraction at which more than ``majority`` of
-    the runs grok within the budget, and a bootstrap interval from resampling the runs (seeds)
-    of every cell. NaN where no fraction qualifies (in a bootstrap sample: counted as above the
-    largest fraction, so the upper bound is NaN when that happens often)."""
+def holds(runs: pd.DataFrame, criterion: str = "grok") -> pd.Series:
+    """Per run, whether it met a search criterion within its budget: ``grok`` (reached the grok
+    threshold), ``memorize`` (the memorize threshold), both without diverging, or ``diverge``."""
+    diverged = runs["diverged"].astype(bool)
+    if criterion == "grok":
+        return grokked(runs)
+    if criterion == "memorize":
+        return runs["memorize_step"].notna() & ~diverged
+    if criterion == "diverge":
+        return diverged
+    raise ValueError(f"criterion must be grok, memorize or diverge, got {criterion!r}")
+
+
+def critical_value(runs: pd.DataFrame, axis: str, by=(), criterion: str = "grok", direction: str = "up",
+                   majority: float = 0.5, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """For each combination of the ``by`` columns: the value of ``axis`` nearest the boundary where
+    more than ``majority`` of the runs meet ``criterion``: the smallest such value for direction
+    ``up`` (it holds above the boundary), the largest for ``down``; and a bootstrap interval
+    (``ci_low``, ``ci_high``) from resampling the runs (seeds) of every value. NaN where no value
+    qualifies (in a bootstrap sample: counted as beyond the range, so the interval's far end is
+    NaN when that happens often)."""
+    if direction not in ("up", "down"):
+        raise ValueError(f"direction must be up or down, got {direction!r}")
     rng = np.random.default_rng(seed)
+    by = [by] if isinstance(by, str) else list(by or ())
+    df = runs.assign(_holds=holds(runs, criterion).to_numpy())
     rows = []
-    groups = runs.groupby(by, sort=True) if by else [(None, runs)]
-    for value, g in groups:
-        cells = list(g.groupby(fraction, sort=True))
-        fractions = np.array([f for f, _ in cells])
-        outcomes = [grokked(c).to_numpy() for _, c in cells]
+    for key, g in (df.groupby(by, sort=True) if by else [((), df)]):
+        cells = list(g.groupby(axis, sort=True))
+        values = np.array([v for v, _ in cells], dtype=float)
+        outcomes = [c["_holds"].to_numpy(bool) for _, c in cells]
 
         def estimate(shares: np.ndarray) -> float:
             ok = np.nonzero(shares > majority)[0]
-            return float(fractions[ok[0]]) if len(ok) else np.inf
+            if not len(ok):
+                return np.inf if direction == "up" else -np.inf
+            return float(values[ok[0] if direction == "up" else ok[-1]])
 
         point = estimate(np.array([o.mean() for o in outcomes]))
         boot = np.array([estimate(np.array([rng.choice(o, len(o)).mean() for o in outcomes]))
                          for _ in range(n_boot)])
         lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2], method="inverted_cdf")
-        row = {by: value} if by else {}
-        rows.append({**row, "critical_fraction": point, "low": lo, "high": hi,
-                     "runs": len(g), "seeds_per_cell": min(len(o) for o in outcomes)})
-    out = pd.DataFrame(rows)
-    return out.replace([np.inf], np.nan)
+        key = key if isinstance(key, tuple) else (key,)
+        rows.append({**dict(zip(by, key)), "critical_value": point, "ci_low": lo, "ci_high": hi, "runs": len(g),
+                     "seeds_per_value": min(len(o) for o in outcomes)})
+    columns = [*by, "critical_value", "ci_low", "ci_high", "runs", "seeds_per_value"]
+    return pd.DataFrame(rows, columns=columns).replace([np.inf, -np.inf], np.nan)
+
+
+def critical_fraction(runs: pd.DataFrame, by: str | None = "weight_decay", fraction: str = "data_fraction",
+                      majority: float = 0.5, n_boot: int = 1000, level: float = 0.95,
+                      seed: int = 0) -> pd.DataFrame:
+    """For each value of ``by``: the smallest data fraction at which more than ``majority`` of
+    the runs grok within the budget, and a bootstrap interval (``low``, ``high``) from resampling
+    the runs (seeds) of every cell (``critical_value`` with direction up). NaN where no fraction
+    qualifies (in a bootstrap sample: counted as above the largest fraction, so the upper bound is
+    NaN when that happens often)."""
+    table = critical_value(runs, fraction, [by] if by else [], "grok", "up", majority, n_boot, level, seed)
+    return table.rename(columns={"critical_value": "critical_fraction", "ci_low": "low", "ci_high": "high",
+                                 "seeds_per_value": "seeds_per_cell"})
 
 
 def events_from_curves(curves: pd.DataFrame, memorize_threshold: float = 0.99,

@@ -1,5 +1,6 @@
-"""Command line: ``grokjax run FILE`` trains a sweep, ``plot DIR`` and ``summary DIR`` read its results,
-``bench`` measures throughput, ``info`` lists tasks, settings and devices."""
+"""Command line: ``grokjax run FILE`` trains a sweep, ``search FILE`` finds its phase boundary with
+few runs, ``plot DIR`` and ``summary DIR`` read results, ``bench`` measures throughput, ``info``
+lists tasks, settings and devices."""
 
 from __future__ import annotations
 
@@ -16,16 +17,23 @@ from grokjax.analysis import METRICS, cell_summary
 from grokjax.plots import FORMATS, default_axes, has_progress_measures, plot_results, progress_figure
 from grokjax.results import load_results
 from grokjax.run import Interrupted, enable_compilation_cache, make_mesh, run_sweep
+from grokjax.search import BoundarySearch, lattice, search_groups
 from grokjax.sweep import SweepError, load_sweep
 
 EXIT_BAD_INPUT = 2
 
 
 def _run(args) -> int:
+    search = args.command == "search"
     try:
         config = load_sweep(args.file)
     except SweepError as e:
         return _fail(str(e))
+    if search and config.search is None:
+        return _fail(f"{args.file} has no [search] section (axis, low, high, resolution, ...); "
+                     f"grokjax run trains its grid")
+    if not search and config.search is not None:
+        return _fail(f"{args.file} has a [search] section: run it with grokjax search {args.file}")
     for flag, value, low in (("--devices", args.devices, 1), ("--max-runs-per-chunk", args.max_runs_per_chunk, 1),
                              ("--checkpoint-every", args.checkpoint_every, 0)):
         if value is not None and value < low:
@@ -46,28 +54,40 @@ def _run(args) -> int:
         except SweepError as e:
             return _fail(str(e))
         return _dry_run(config, n_runs, axes)
-    print(f"grokjax: sweep '{config.name}': {n_runs} runs ({axes}), writing to {out}", file=sys.stderr)
+    if search:
+        spec = config.search
+        print(f"grokjax: search '{config.name}': critical {spec.axis} in [{spec.low:g}, {spec.high:g}] "
+              f"({len(lattice(spec))} values, {spec.scale} scale) for {n_runs} cell{'s' if n_runs > 1 else ''} "
+              f"({axes}), {len(spec.seeds)} seeds per probe, writing to {out}", file=sys.stderr)
+    else:
+        print(f"grokjax: sweep '{config.name}': {n_runs} runs ({axes}), writing to {out}", file=sys.stderr)
     try:
         results = run_sweep(config, out=out, progress=not args.quiet, sweep_text=Path(args.file).read_text(),
                             devices=args.devices, max_runs_per_chunk=args.max_runs_per_chunk,
-                            checkpoint_every=args.checkpoint_every, resume=args.resume, overwrite=args.overwrite)
+                            checkpoint_every=args.checkpoint_every, resume=args.resume, overwrite=args.overwrite,
+                            search=search)
     except SweepError as e:
         return _fail(str(e))
     except Interrupted as e:
         print(f"\ngrokjax: stopped by signal {e.signum}; checkpoint in {e.checkpoint}. Continue with: "
-              f"grokjax run {args.file} --out {out} --resume", file=sys.stderr)
+              f"grokjax {args.command} {args.file} --out {out} --resume", file=sys.stderr)
         return 128 + e.signum
     if jax.process_index() != 0:
         return 0  # process 0 reports and writes for every host
     meta, runs = results.meta, results.runs
+    n_runs = len(runs)
     phases = ", ".join(f"{n} {phase}" for phase, n in meta["phases"].items())
     print(f"grokjax: {n_runs} runs in {meta['wall_time_s']:.1f} s (compile {meta['compile_time_s']:.1f} s, "
           f"{meta['run_steps_per_s']:,.0f} run-steps/s): {phases}", file=sys.stderr)
-    print(f"grokjax: results in {out}/ (runs.parquet, curves.parquet, meta.json)", file=sys.stderr)
-    axes = default_axes(config.grid)
-    figures = plot_results(runs, results.curves, out / "figures", *(axes or (None, None)), name=config.name)
+    tables = "runs.parquet, curves.parquet, meta.json" + (", boundary.parquet" if search else "")
+    print(f"grokjax: results in {out}/ ({tables})", file=sys.stderr)
+    axes = _search_axes(config) if search else default_axes(config.grid)
+    figures = plot_results(runs, results.curves, out / "figures", *(axes or (None, None)), name=config.name,
+                           boundary=results.boundary, search=_search_info(config))
     print(f"grokjax: figures in {out / 'figures'}/ ({', '.join(f.name for f in figures)})", file=sys.stderr)
-    if not args.quiet:
+    if search:
+        print(_boundary_text(results.boundary))
+    elif not args.quiet:
         axes = axes or (next((k for k, v in config.grid if k != "seed" and len(v) > 1), "seed"), None)
         print(_summary(runs, *axes))
     return 0
@@ -79,15 +99,44 @@ def _dry_run(config, n_runs: int, axes: str) -> int:
     from grokjax.run import group_runs
 
     runs = config.runs()
-    groups = group_runs(runs)
     try:
-        for ids in groups:
-            build_program(runs[ids[0]], [runs[i] for i in ids])
+        if config.search is not None:
+            search = BoundarySearch(config)
+            n_groups = len(search_groups(search))
+            what = (f"a search for the critical {config.search.axis} over {len(search.values)} values in {n_runs} "
+                    f"cell{'s' if n_runs != 1 else ''} ({axes})")
+        else:
+            groups = group_runs(runs)
+            for ids in groups:
+                build_program(runs[ids[0]], [runs[i] for i in ids])
+            n_groups, what = len(groups), f"{n_runs} runs ({axes})"
     except SweepError as e:
         return _fail(str(e))
-    print(f"grokjax: sweep '{config.name}' is valid: {n_runs} runs ({axes}) in {len(groups)} "
-          f"program{'s' if len(groups) != 1 else ''}; nothing trained (--dry-run)")
+    print(f"grokjax: sweep '{config.name}' is valid: {what} in {n_groups} "
+          f"program{'s' if n_groups != 1 else ''}; nothing trained (--dry-run)")
     return 0
+
+
+def _search_axes(config) -> tuple[str, str] | None:
+    """A search's phase diagrams: its axis against its first by axis."""
+    spec = config.search
+    return (spec.axis, spec.by[0]) if spec.by else None
+
+
+def _search_info(config) -> dict | None:
+    spec = config.search
+    return dict(axis=spec.axis, by=list(spec.by), criterion=spec.criterion) if spec is not None else None
+
+
+def _boundary_text(boundary: pd.DataFrame) -> str:
+    """The boundary table as printed: one row per cell."""
+    def num(v):
+        return "-" if pd.isna(v) else f"{v:g}"
+
+    table = boundary.drop(columns=["probed_values", "direction"], errors="ignore").copy()
+    for column in ("critical_value", "low", "high", "ci_low", "ci_high"):
+        table[column] = [num(v) for v in table[column]]
+    return table.to_string(index=False)
 
 
 def _summary(runs, x: str, y: str | None) -> str:
@@ -110,10 +159,11 @@ def _summary(runs, x: str, y: str | None) -> str:
 
 
 def _axes_of(path: Path, runs) -> tuple[str | None, str | None]:
-    """Default axes of a results folder: from its sweep.toml's grid, else from the columns that
-    vary; (None, None) for a sweep over seeds only."""
+    """Default axes of a results folder: from its sweep.toml's grid (a search: its axis against
+    its first by axis), else from the columns that vary; (None, None) for a sweep over seeds only."""
     try:
-        axes = default_axes(load_sweep(path / "sweep.toml").grid)
+        config = load_sweep(path / "sweep.toml")
+        axes = _search_axes(config) if config.search is not None else default_axes(config.grid)
     except SweepError:
         settings = runs.columns[:runs.columns.get_loc("memorize_step")] if "memorize_step" in runs else []
         varying = tuple((k, tuple(runs[k].unique())) for k in settings if k != "run_id" and runs[k].nunique() > 1)
@@ -144,12 +194,21 @@ def _plot(args) -> int:
         return _progress_plot(args, path, results, out, x, y)
     try:
         figures = plot_results(results.runs, results.curves, out, x, y, args.metric, args.facet, args.format,
-                               name=results.meta.get("name", path.name))
+                               name=results.meta.get("name", path.name), boundary=results.boundary,
+                               search=_folder_search(path))
     except ValueError as e:
         return _fail(str(e))
     partial = "" if results.meta.get("complete", True) else " (sweep still running: partial results)"
     print(f"grokjax: {len(figures)} figures in {out}/{partial}: {', '.join(f.name for f in figures)}")
     return 0
+
+
+def _folder_search(path: Path) -> dict | None:
+    """The [search] of a results folder's sweep.toml (axis, by, criterion), if it has one."""
+    try:
+        return _search_info(load_sweep(path / "sweep.toml"))
+    except SweepError:
+        return None
 
 
 def _parse_cell(text: str | None) -> dict:
@@ -190,6 +249,9 @@ def _summary_command(args) -> int:
     state = "complete" if meta.get("complete", True) else "still running (partial results)"
     print(f"{meta.get('name', path.name)}: {len(results.runs)} runs, {state}")
     print(_summary(results.runs, x, y))
+    if results.boundary is not None:
+        print(f"\nboundary (critical {meta.get('search', {}).get('axis', 'value')} per cell):")
+        print(_boundary_text(results.boundary))
     return 0
 
 
@@ -269,6 +331,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cache-dir", help="persistent compilation cache (default: ~/.cache/grokjax/jax)")
     run.add_argument("--no-cache", action="store_true", help="compile without the persistent cache")
     run.set_defaults(func=_run)
+    search = sub.add_parser("search", help="find the critical value of a setting per cell ([search] section) "
+                                           "with few runs, inside one running program")
+    search.add_argument("file", help="sweep file (TOML) with a [search] section")
+    search.add_argument("--out", help="results folder (default: results/<sweep name>)")
+    search.add_argument("--quiet", action="store_true", help="no progress line")
+    search.add_argument("--devices", type=int, help="devices sharing the run axis (default: all local devices)")
+    search.add_argument("--max-runs-per-chunk", type=int, help="cap on runs trained at once (default: what fits)")
+    search.add_argument("--checkpoint-every", type=int, default=50, metavar="EVALS",
+                        help="evaluations between checkpoints in DIR/checkpoints (default 50; 0: none)")
+    search.add_argument("--resume", action="store_true", help="continue a stopped search from its newest checkpoint")
+    search.add_argument("--overwrite", action="store_true",
+                        help="replace the results of another sweep in --out (refused without it)")
+    search.add_argument("--dry-run", action="store_true",
+                        help="check the sweep file and its plug-ins, print the plan, train and write nothing")
+    search.add_argument("--cache-dir", help="persistent compilation cache (default: ~/.cache/grokjax/jax)")
+    search.add_argument("--no-cache", action="store_true", help="compile without the persistent cache")
+    search.set_defaults(func=_run, coordinator=None, distributed=False, num_processes=None, process_id=None)
     plot = sub.add_parser("plot", help="figures of a results folder (finished or still running)")
     plot.add_argument("dir", help="results folder")
     plot.add_argument("--x", help="horizontal axis (default: data_fraction, or the grid's first axis)")

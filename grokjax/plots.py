@@ -14,7 +14,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
-from grokjax.analysis import cell_summary, critical_fraction, phase_shares  # noqa: E402
+from grokjax.analysis import cell_summary, critical_fraction, holds, phase_shares  # noqa: E402
 from grokjax.metrics import PHASES  # noqa: E402
 
 PHASE_COLORS = {"comprehension": "#4daf4a", "grokking": "#377eb8", "memorization": "#ff7f00",
@@ -345,12 +345,64 @@ def critical_fraction_plot(runs: pd.DataFrame, path, by: str = "weight_decay", t
     return _save(fig, Path(path))
 
 
+def boundary_figure(runs: pd.DataFrame, boundary: pd.DataFrame, path, axis: str, by: list[str],
+                    criterion: str = "grok", title: str | None = None) -> Path:
+    """A search's answer over what it probed: one row per cell of the ``by`` axes; each probed
+    value a dot in its majority phase's colour (filled where the criterion held for most seeds,
+    labelled with how many seeds met it), the critical value a black diamond with its bootstrap
+    interval over seeds, the final bracket a grey band."""
+    labels = [", ".join(f"{b} {_fmt(row[b])}" for b in by) or "all runs" for row in boundary.to_dict("records")]
+    fig, ax = plt.subplots(figsize=(6.8, 1.5 + 0.55 * len(boundary)), constrained_layout=True)
+    values = sorted(runs[axis].unique())
+    if _spans_decades(values):
+        ax.set_xscale("log")
+    seen = set()
+    for i, row in enumerate(boundary.to_dict("records")):
+        cell = runs
+        for b in by:
+            cell = cell[cell[b] == row[b]]
+        for value, probe in cell.groupby(axis, sort=True):
+            phase = probe["phase"].value_counts().index[0]
+            met = holds(probe, criterion)
+            colour = PHASE_COLORS[phase]
+            ax.scatter([value], [i], s=70, color=colour if met.mean() > 0.5 else "white", edgecolors=colour,
+                       linewidths=1.5, zorder=3, label=phase if phase not in seen else None)
+            seen.add(phase)
+            ax.annotate(f"{int(met.sum())}/{len(probe)}", (value, i), textcoords="offset points", xytext=(0, 7),
+                        ha="center", fontsize=6)
+        if np.isfinite(row["low"]) and np.isfinite(row["high"]):
+            ax.fill_betweenx([i - 0.3, i + 0.3], row["low"], row["high"], color="0.85", zorder=1)
+        if np.isfinite(row["critical_value"]):
+            c = row["critical_value"]
+            lo = row["ci_low"] if np.isfinite(row["ci_low"]) else min(values)
+            hi = row["ci_high"] if np.isfinite(row["ci_high"]) else max(values)
+            ax.errorbar([c], [i - 0.22], xerr=[[c - lo], [hi - c]], fmt="D", color="black", markersize=5,
+                        capsize=3, zorder=4, label="critical value (95 % bootstrap)" if "ci" not in seen else None)
+            seen.add("ci")
+        else:
+            ax.annotate(row["status"], (values[-1], i - 0.3), ha="right", fontsize=7, color="C3")
+    ax.set_yticks(range(len(boundary)), labels)
+    ax.set_ylim(-0.7, len(boundary) - 0.4)
+    ax.set_xlabel(axis.replace("_", " "))
+    fig.legend(fontsize=7, loc="outside right center", frameon=False)
+    ax.set_title(title or "critical value per cell over the probed runs (filled: criterion held)", fontsize=9)
+    return _save(fig, Path(path))
+
+
 def plot_results(runs: pd.DataFrame, curves: pd.DataFrame, out_dir, x: str | None, y: str | None,
-                 metric: str = "grok_step", facet: str | None = None, fmt: str = "png", name: str = "") -> list[Path]:
+                 metric: str = "grok_step", facet: str | None = None, fmt: str = "png", name: str = "",
+                 boundary: pd.DataFrame | None = None, search: dict | None = None) -> list[Path]:
     """Every figure for a results table into ``out_dir``; returns the paths written. Without two
-    axes (a sweep over seeds only) just the learning curves, one panel per phase."""
+    axes (a sweep over seeds only) just the learning curves, one panel per phase. A search's
+    ``boundary`` (with ``search``: its axis and by axes) adds ``boundary.<fmt>``."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if boundary is not None and search is not None:
+        prefix = f"{name}: " if name else ""
+        path = boundary_figure(runs, boundary, Path(out_dir) / f"boundary.{fmt}", search["axis"], search["by"],
+                               search.get("criterion", "grok"), f"{prefix}critical {search['axis'].replace('_', ' ')} per cell (filled: criterion "
+                               f"held for most seeds)")
+        return [path, *plot_results(runs, curves, out_dir, x, y, metric, facet, fmt, name)]
     for axis in (x, y):
         if axis is not None and axis not in runs:
             raise ValueError(f"axis '{axis}' is not a column of runs.parquet")

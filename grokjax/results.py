@@ -15,6 +15,7 @@ from grokjax.errors import SweepError
 from grokjax.sweep import SweepConfig
 
 RUNS_FILE, CURVES_FILE, META_FILE, SWEEP_FILE = "runs.parquet", "curves.parquet", "meta.json", "sweep.toml"
+BOUNDARY_FILE = "boundary.parquet"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +23,7 @@ class Results:
     runs: pd.DataFrame
     curves: pd.DataFrame
     meta: dict
+    boundary: pd.DataFrame | None = None  # a search's critical values (boundary.parquet)
 
 
 def _steps(values) -> pd.Series:
@@ -108,10 +110,12 @@ def runs_table(config: SweepConfig, run_ids, runs: list[SweepConfig], events: di
     return df
 
 
-def write_results(out: Path, runs: pd.DataFrame, curves: pd.DataFrame, meta: dict, sweep_text: str | None) -> None:
+def write_results(out: Path, runs: pd.DataFrame, curves: pd.DataFrame, meta: dict, sweep_text: str | None,
+                  boundary: pd.DataFrame | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     # Write to temporary names and rename, so a reader never sees a half-written table.
-    for name, df in ((RUNS_FILE, runs), (CURVES_FILE, curves)):
+    tables = ((RUNS_FILE, runs), (CURVES_FILE, curves)) + (((BOUNDARY_FILE, boundary),) if boundary is not None else ())
+    for name, df in tables:
         tmp = out / f".{name}.tmp"
         df.to_parquet(tmp, index=False)
         tmp.replace(out / name)
@@ -121,7 +125,8 @@ def write_results(out: Path, runs: pd.DataFrame, curves: pd.DataFrame, meta: dic
 
 
 def load_results(path: str | Path) -> Results:
-    """The tables of a results folder as pandas DataFrames (``.runs``, ``.curves``) and ``.meta``.
+    """The tables of a results folder as pandas DataFrames (``.runs``, ``.curves``, and a search's
+    ``.boundary``) and ``.meta``.
     Raises ``FileNotFoundError`` for a folder without results, ``SweepError`` naming the file for
     a damaged one (truncated parquet or JSON)."""
     if not isinstance(path, (str, Path)):
@@ -143,7 +148,14 @@ def load_results(path: str | Path) -> Results:
         except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds for a truncated file
             raise SweepError(f"{file} is damaged (not a readable parquet table: {type(e).__name__}); rerun the "
                              f"sweep or resume it from its checkpoints") from None
-    return Results(tables[0], tables[1], meta)
+    boundary = None
+    if (path / BOUNDARY_FILE).is_file():
+        try:
+            boundary = pd.read_parquet(path / BOUNDARY_FILE)
+        except Exception:  # noqa: BLE001
+            raise SweepError(f"{path / BOUNDARY_FILE} is damaged (not a readable parquet table); rerun or resume "
+                             f"the search") from None
+    return Results(tables[0], tables[1], meta, boundary)
 
 
 __all__ = ["Results", "load_results", "write_results", "runs_table", "curves_table"]

@@ -27,6 +27,7 @@ from grokjax.folder import FolderLock, check_target
 from grokjax.program import RUN_AXIS, Program, RunSettings, vmap_width
 from grokjax.results import Results, concat_parts, curves_table, runs_table, write_results
 from grokjax.scheduler import GroupState, Round, Stop, abstract_states, train_group
+from grokjax.search import BoundarySearch, search_groups
 from grokjax.sweep import SweepConfig, SweepError
 
 _PACKAGES = ("grokjax", "jax", "jaxlib", "flax", "optax", "numpy", "pandas", "pyarrow")
@@ -108,9 +109,9 @@ class Recorder:
     (at most every ``write_every_s``) so a running sweep can be inspected and plotted."""
 
     def __init__(self, config: SweepConfig, runs: list[SweepConfig], out: Path | None, sweep_text: str | None,
-                 write_every_s: float = 30.0):
+                 write_every_s: float = 30.0, annotate: Callable[[pd.DataFrame], pd.DataFrame] | None = None):
         self.config, self.runs, self.out, self.sweep_text = config, runs, out, sweep_text
-        self.write_every_s = write_every_s
+        self.write_every_s, self.annotate = write_every_s, annotate
         self.curve_parts: list[dict] = []
         self.events: dict[int, dict] = {}  # run_id -> latest events
         self.last_write = time.perf_counter()
@@ -154,6 +155,8 @@ class Recorder:
         ids = sorted(self.events)
         events = {key: np.array([self.events[i][key] for i in ids]) for key in self.events[ids[0]]} if ids else {}
         table = runs_table(self.config, ids, [self.runs[i] for i in ids], events, curves) if ids else None
+        if table is not None and self.annotate is not None:
+            table = self.annotate(table)
         return table, curves
 
     def write(self, meta: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -181,15 +184,17 @@ class Group:
     run_ids: list[int]
     program: Program
     settings: RunSettings
+    extend: Callable | None = None  # adds runs to the group's queue as it trains (a search)
 
 
 class Session:
     """The host side of a sweep between rounds: records each round, reports progress, saves a
     checkpoint every ``checkpoint_every`` evaluations and on a stop signal."""
 
-    def __init__(self, config: SweepConfig, recorder: Recorder, reporter: Callable | None, n_runs: int,
-                 checkpointer: SweepCheckpointer | None, checkpoint_every: int, group_meta: list[dict]):
-        self.config, self.recorder, self.reporter, self.n_runs = config, recorder, reporter, n_runs
+    def __init__(self, config: SweepConfig, recorder: Recorder, reporter: Callable | None,
+                 checkpointer: SweepCheckpointer | None, checkpoint_every: int, group_meta: list[dict],
+                 search=None):
+        self.config, self.recorder, self.reporter, self.search = config, recorder, reporter, search
         self.checkpointer, self.checkpoint_every, self.group_meta = checkpointer, checkpoint_every, group_meta
         self.saves = max(checkpointer.steps(), default=-1) + 1 if checkpointer is not None else 0
         self.evals_since_save = 0
@@ -198,7 +203,7 @@ class Session:
     def on_round(self, g: int, round_: Round, state: GroupState) -> None:
         self.recorder.record(round_)
         if self.reporter:
-            self.reporter(dict(step=round_.step, runs=self.n_runs, **self.recorder.counts(),
+            self.reporter(dict(step=round_.step, runs=len(self.recorder.runs), **self.recorder.counts(),
                                run_steps=round_.run_steps, seconds=round_.seconds, last=round_.last), group=g)
         if self.checkpointer is None:
             return
@@ -213,7 +218,8 @@ class Session:
                                dict(group=g, width=len(state.slots), next_run=state.next_run,
                                     run_steps=state.run_steps, base_width=state.base_width,
                                     runs_per_batch=state.runs_per_batch, group_meta=self.group_meta,
-                                    config=config_fingerprint(self.config)))
+                                    config=config_fingerprint(self.config),
+                                    **({"search": self.search.state()} if self.search is not None else {})))
         self.saves += 1
         self.evals_since_save = 0
 
@@ -221,7 +227,8 @@ class Session:
 def run_sweep(config: SweepConfig, out: str | Path | None = None, progress: bool | Callable = True,
               sweep_text: str | None = None, write_every_s: float = 30.0, devices: int | None = None,
               max_runs_per_chunk: int | None = None, checkpoint_every: int = 0, resume: bool = False,
-              repack: bool = True, tune_cache: str | Path | None = "auto", overwrite: bool = False) -> Results:
+              repack: bool = True, tune_cache: str | Path | None = "auto", overwrite: bool = False,
+              search: bool = False, n_boot: int = 1000) -> Results:
     """Train every run of ``config``; with ``out``, write the results folder there (part-way
     results every ``write_every_s``, flagged ``complete: false`` in meta.json, then the final ones).
 
@@ -236,7 +243,10 @@ def run_sweep(config: SweepConfig, out: str | Path | None = None, progress: bool
     ``tune_cache``: file keeping the measured vmap widths (default: beside the persistent
     compilation cache when one is enabled; None: measure again each launch);
     ``overwrite``: replace the results of another sweep in ``out`` (refused otherwise; the same
-    sweep launched again replaces its own results).
+    sweep launched again replaces its own results);
+    ``search``: run the sweep's ``[search]`` instead of its grid (``grokjax.search``): the runs
+    are the probes, ``Results.boundary`` the critical values (also ``out/boundary.parquet``),
+    with ``n_boot`` bootstrap samples for their intervals.
     Every group's plug-ins are built and traced before anything trains or is written; ``out`` is
     locked while the sweep writes there (a second writer is refused).
     """
@@ -252,10 +262,21 @@ def run_sweep(config: SweepConfig, out: str | Path | None = None, progress: bool
     if tune_cache == "auto":
         cache_dir = jax.config.jax_compilation_cache_dir
         tune_cache = Path(cache_dir) / "grokjax_runs_per_batch.json" if cache_dir else None
+    if (config.search is not None) != search:
+        raise SweepError("this sweep file has a [search] section: run it with grokjax search (search_boundary)"
+                         if not search else "the sweep file has no [search] section (axis, low, high, resolution)")
     started, t_start = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
-    runs = config.runs()
-    groups = [Group(ids, build_program(runs[ids[0]], [runs[i] for i in ids]), run_settings([runs[i] for i in ids]))
-              for ids in group_runs(runs)]
+    if search:
+        search = BoundarySearch(config)
+        search.start()
+        runs = search.runs
+        groups = [Group(ids, program, run_settings([runs[i] for i in ids]), search.extend)
+                  for program, ids in search_groups(search)]
+    else:
+        search = None
+        runs = config.runs()
+        groups = [Group(ids, build_program(runs[ids[0]], [runs[i] for i in ids]),
+                        run_settings([runs[i] for i in ids])) for ids in group_runs(runs)]
     primary = jax.process_index() == 0  # in a multi-host run, process 0 reports and writes
     out = Path(out) if out is not None else None
     if out is not None and out.exists() and not out.is_dir():
@@ -264,13 +285,15 @@ def run_sweep(config: SweepConfig, out: str | Path | None = None, progress: bool
         raise SweepError("--resume needs a results folder with checkpoints (--out DIR and --checkpoint-every N > 0)")
     with FolderLock(out) if out is not None and primary else contextlib.nullcontext():
         return _train(config, runs, groups, out, primary, progress, sweep_text, write_every_s, devices,
-                      max_runs_per_chunk, checkpoint_every, resume, overwrite, repack, tune_cache, started, t_start)
+                      max_runs_per_chunk, checkpoint_every, resume, overwrite, repack, tune_cache, started, t_start,
+                      search, n_boot)
 
 
 def _train(config, runs, groups, out, primary, progress, sweep_text, write_every_s, devices, max_runs_per_chunk,
-           checkpoint_every, resume, overwrite, repack, tune_cache, started, t_start) -> Results:
+           checkpoint_every, resume, overwrite, repack, tune_cache, started, t_start, search, n_boot) -> Results:
     """``run_sweep`` once its input is checked and the folder is locked."""
-    recorder = Recorder(config, runs, out if primary else None, sweep_text, write_every_s)
+    recorder = Recorder(config, runs, out if primary else None, sweep_text, write_every_s,
+                        search.probe_columns if search is not None else None)
     mesh = make_mesh(devices)
     checkpoints = out / "checkpoints" if out is not None and checkpoint_every > 0 else None
     restored = None
@@ -292,8 +315,13 @@ def _train(config, runs, groups, out, primary, progress, sweep_text, write_every
     group_meta: list[dict] = restored.meta["group_meta"] if restored else []
     if restored:
         recorder.load(restored.host)
-    session = Session(config, recorder, _reporter(progress, runs, len(groups)) if primary else None, len(runs),
-                      checkpointer, checkpoint_every, group_meta)
+        if search is not None:  # the probes made before the checkpoint, and the queues they filled
+            search.restore(restored.meta["search"])
+            for g, group in enumerate(groups):
+                group.run_ids = search.group_run_ids(g)
+                group.settings = run_settings([runs[i] for i in group.run_ids])
+    session = Session(config, recorder, _reporter(progress, runs, len(groups)) if primary else None,
+                      checkpointer, checkpoint_every, group_meta, search)
     for g in range(restored.meta["group"] if restored else 0, len(groups)):
         group = groups[g]
         resume_state = None
@@ -307,7 +335,7 @@ def _train(config, runs, groups, out, primary, progress, sweep_text, write_every
                                     lambda round_, state, g=g: session.on_round(g, round_, state), mesh=mesh,
                                     max_runs_per_chunk=max_runs_per_chunk, resume=resume_state, repack=repack,
                                     runs_per_batch=runs[group.run_ids[0]].train.runs_per_batch,
-                                    tune_cache=tune_cache)
+                                    tune_cache=tune_cache, extend=_extender(group.extend, runs))
             except Stop:
                 recorder.write(dict(complete=False))
                 raise Interrupted(session.stop_signal[0], checkpointer.directory) from None
@@ -320,9 +348,25 @@ def _train(config, runs, groups, out, primary, progress, sweep_text, write_every
                                matmul_precision=group.program.matmul_precision))
     table, curves = recorder.tables()
     meta = _meta(config, runs, group_meta, table, mesh, started, t_start, restored.step if restored else None)
+    boundary = None
+    if search is not None:
+        boundary = search.boundary(table, n_boot)
+        meta["search"] = dict(axis=search.spec.axis, values=len(search.values), cells=len(search.cells),
+                              probes=len(search.probes), statuses=boundary["status"].value_counts().to_dict())
     if out is not None and primary:
-        write_results(out, table, curves, meta, sweep_text)
-    return Results(table, curves, meta)
+        write_results(out, table, curves, meta, sweep_text, boundary)
+    return Results(table, curves, meta, boundary)
+
+
+def _extender(extend: Callable | None, runs: list[SweepConfig]):
+    """A search's ``extend`` (new run ids) as ``train_group`` takes it (ids and their settings)."""
+    if extend is None:
+        return None
+
+    def add(round_: Round, finished: np.ndarray):
+        ids = extend(round_, finished)
+        return (ids, run_settings([runs[i] for i in ids])) if ids else None
+    return add
 
 
 def _reporter(progress: bool | Callable, runs: list[SweepConfig], n_groups: int):

@@ -219,6 +219,16 @@ class GroupTrainer:
         new = new.replace(step=jnp.where(self.place(slots < 0), self.program.steps, new.step))
         return new if states is None else select_tree(self.place(fresh), new, states)
 
+    def resize(self, group: "GroupState", keep: np.ndarray, size: int) -> "GroupState":
+        """The runs in slots ``keep`` moved into a working set of ``size`` slots, the rest padding."""
+        slots = np.full(size, -1)
+        slots[:len(keep)] = group.slots[keep]
+        fresh = to_host(self.start(None, slots, np.ones(size, bool)))
+        old = to_host(group.states)
+        moved = jax.tree.map(lambda new, was: np.concatenate([was[keep], new[len(keep):]]), fresh, old)
+        return GroupState(self.place(moved), slots, group.next_run, group.run_steps, group.base_width,
+                          group.runs_per_batch)
+
     def round(self, group: "GroupState") -> tuple[RunState, dict, dict, np.ndarray, np.ndarray]:
         """One host round trip: train the working set ``evals_per_round`` evaluations; returns the
         new states, metrics [slots, evals], events, steps and which slots finished."""
@@ -236,7 +246,9 @@ def train_group(program: Program, settings: RunSettings, run_ids: list[int],
                 on_round: Callable[[Round, GroupState], None], *, mesh: Mesh | None = None,
                 max_runs_per_chunk: int | None = None, resume: GroupState | None = None,
                 repack: bool = True, runs_per_batch: int = 0,
-                tune_cache: str | os.PathLike | None = None) -> GroupStats:
+                tune_cache: str | os.PathLike | None = None,
+                extend: Callable[[Round, np.ndarray], tuple[list[int], RunSettings] | None] | None = None
+                ) -> GroupStats:
     """Train every run of one group (``settings``: arrays [R], ``run_ids`` their global ids).
 
     A finished run's slot takes the next run of the queue; once the queue is empty and few runs
@@ -244,7 +256,11 @@ def train_group(program: Program, settings: RunSettings, run_ids: list[int],
     for benchmarks). The host only places runs, hands each round to ``on_round`` (which may
     checkpoint the ``GroupState`` or raise ``Stop``) and stops when every run is finished.
     ``runs_per_batch``: the vmap width (0: chosen by ``tune_runs_per_batch``).
+    ``extend(round, finished)``, called after each round with which of its runs finished, may
+    append runs to the queue (their global ids and settings; same program, no recompilation); a
+    group that had shrunk grows back through its buckets to take them (an adaptive search).
     """
+    run_ids = list(run_ids)
     n_runs = len(run_ids)
     n_dev = mesh.size if mesh is not None else 1
     # the vmap width never exceeds one device's share of the working set
@@ -272,8 +288,21 @@ def train_group(program: Program, settings: RunSettings, run_ids: list[int],
         round_ = Round(np.asarray(run_ids)[group.slots[real]], {key: v[real] for key, v in metrics.items()},
                        {key: v[real] for key, v in events.items()}, int(step[real].max(initial=0)),
                        group.run_steps, time.perf_counter() - t0, per_call)
+        added = extend(round_, finished[real]) if extend is not None else None
+        if added:
+            run_ids += added[0]
+            settings = jax.tree.map(lambda a, b: np.concatenate([a, b]), settings, added[1])
+            trainer.settings, n_runs = settings, len(run_ids)
         # refill finished slots from the queue, or repack the survivors into a smaller bucket
         free = np.nonzero(finished | ~real)[0]
+        queued = n_runs - group.next_run
+        if repack and queued > len(free) and len(group.slots) < first_width:  # grow back for new runs
+            alive = np.nonzero(real & ~finished)[0]
+            size = next(b for b in reversed(bucket_sizes(first_width, per_batch * n_dev, n_dev))
+                        if b >= min(len(alive) + queued, first_width))
+            group = trainer.resize(group, alive, size)
+            widths.append(size)
+            free = np.nonzero(group.slots < 0)[0]
         n_new = min(len(free), n_runs - group.next_run)
         if n_new:
             slots, fresh = group.slots.copy(), np.zeros(len(group.slots), bool)

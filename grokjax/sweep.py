@@ -2,7 +2,8 @@
 
 A sweep file has the sections ``[task] [model] [optimizer] [train] [events]`` and a ``[grid]``
 whose keys are setting names (``data_fraction`` or ``task.data_fraction``) mapped to lists; the
-grid is their Cartesian product.
+grid is their Cartesian product. A ``[search]`` section (``grokjax search``) seeks the critical
+value of one per-run setting per cell of that grid instead of training a dense axis of it.
 
 Each of ``[task] [model] [optimizer]`` names a plug-in (``name``: a built-in, or an import path
 ``package.module:attribute``; see ``plugins``); its other keys are either the engine's own
@@ -147,6 +148,38 @@ class EventsConfig:
     stop_early: bool = _field(True, "stop the sweep once every run is done or diverged")
 
 
+CRITERIA = ("grok", "memorize", "diverge")
+DIRECTIONS = ("auto", "up", "down")
+SCALES = ("auto", "linear", "log")
+MAX_LATTICE = 100_000  # values a search axis may be split into
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """``[search]``: the critical value of ``axis`` per cell of the ``by`` axes, on a lattice from
+    ``low`` to ``high`` with steps of at most ``resolution`` (see grokjax.search)."""
+
+    axis: str = _field("data_fraction", "the per-run setting whose critical value is sought (data_fraction, "
+                                        "weight_decay, lr, init_scale, ...)")
+    low: float = _field(0.1, "the smallest value probed")
+    high: float = _field(0.9, "the largest value probed")
+    resolution: float = _field(0.05, "stop when the bracket is this narrow (linear scale), or when its ends "
+                                     "differ by at most this factor (log scale, > 1)", gt=0.0)
+    by: tuple = _field((), "grid axes with one boundary per combination of their values; default: every "
+                           "[grid] axis")
+    seeds: tuple = _field(5, "runs per probed value: a count (seeds train.seed, train.seed + 1, ...) or a "
+                             "list of seeds")
+    criterion: str = _field("grok", "a probed value is in when more than half of its seeds grok (reach the "
+                                    "grok threshold within the budget), memorize, or diverge", choices=CRITERIA)
+    direction: str = _field("auto", "where the criterion holds: up (above the boundary, as for the data "
+                                    "fraction), down (below), or auto (probe both ends first to find out)",
+                            choices=DIRECTIONS)
+    scale: str = _field("auto", "lattice spacing: linear, log, or auto (log when high / low >= 10)",
+                        choices=SCALES)
+    probes: int = _field(1, "values probed at once per cell and round: 1 is bisection; more split the "
+                            "bracket into probes + 1 parts (fewer rounds, more runs)", ge=1, le=64)
+
+
 SECTIONS: dict[str, type] = {
     "task": TaskConfig,
     "model": ModelConfig,
@@ -155,7 +188,7 @@ SECTIONS: dict[str, type] = {
     "events": EventsConfig,
 }
 PLUGIN_SECTIONS = ("task", "model", "optimizer")
-TOP_LEVEL_KEYS = ("name", "description", "grid", *SECTIONS)
+TOP_LEVEL_KEYS = ("name", "description", "grid", *SECTIONS, "search")
 
 
 def _engine_fields(cls) -> list[dataclasses.Field]:
@@ -191,6 +224,7 @@ class SweepConfig:
     train: TrainConfig = TrainConfig()
     events: EventsConfig = EventsConfig()
     grid: tuple[tuple[str, tuple], ...] = ()  # ((setting, values), ...) in file order
+    search: SearchConfig | None = None  # [search]: grokjax search, not grokjax run
 
     def plugin_keys(self) -> dict[str, tuple[str, str]]:
         """Every plug-in setting of this config's plug-ins: name -> (section, key). A setting is
@@ -309,6 +343,8 @@ class SweepConfig:
             out.update({f"{section}.{f.name}": getattr(part, f.name) for f in _engine_fields(type(part))})
             out.update({f"{section}.{k}": v for k, v in getattr(part, "settings", ())})
         out.update({f"grid.{k}": list(v) for k, v in self.grid})
+        if self.search is not None:
+            out.update({f"search.{f.name}": getattr(self.search, f.name) for f in dataclasses.fields(SearchConfig)})
         return out
 
 
@@ -379,7 +415,108 @@ def sweep_from_dict(raw: dict[str, Any]) -> SweepConfig:
         raise SweepError(f"the grid has {n_runs:,} runs ({' x '.join(str(len(v)) for _, v in grid)}); at most "
                          f"{MAX_RUNS:,} per sweep file: split it into several")
     _check_consistency(config)
+    if "search" in raw:
+        config = dataclasses.replace(config, search=_search_section(config, raw["search"]))
     return config
+
+
+def _search_section(config: SweepConfig, table) -> SearchConfig:
+    """``[search]`` checked against the sweep: a per-run numeric axis that is not a grid axis, a
+    range inside the setting's bounds, ``by`` axes that are the grid's."""
+    if not isinstance(table, dict):
+        raise SweepError(f"[search] must be a table, got {table!r}")
+    fields = {f.name: f for f in dataclasses.fields(SearchConfig)}
+    _check_keys(table, list(fields), "[search]")
+    for key in ("axis", "low", "high", "resolution"):
+        if key not in table:
+            raise SweepError(f"[search] needs {key} (keys: axis, low, high, resolution; optional: by, seeds, "
+                             f"criterion, direction, scale, probes)")
+    axis = table["axis"]
+    if not isinstance(axis, str):
+        raise SweepError(f"search.axis must be a setting name, got {axis!r}")
+    try:
+        short = _grid_axis(config, axis)
+    except SweepError as e:
+        raise SweepError(f"search.axis: {e}") from None
+    if short in dict(config.grid):
+        raise SweepError(f"search.axis = {axis!r} is also a [grid] axis; the search chooses its values "
+                         f"(remove grid.{short})")
+    if "seed" in dict(config.grid):
+        raise SweepError("[grid] has a seed axis; a search's seeds are search.seeds (a count or a list)")
+    value = config.get(short)
+    low, high = (_convert(f"search.{k}", fields[k], table[k]) for k in ("low", "high"))
+    trial = config
+    if isinstance(value, float):  # an optimizer's float joins the per-run settings once it is set
+        for key, v in (("low", low), ("high", high)):
+            try:
+                trial = config.replace(**{short: v})
+            except SweepError as e:
+                raise SweepError(f"search.{key}: {e}") from None
+    if not isinstance(value, float) or short not in trial.per_run_keys():
+        floats = [k for k in config.per_run_keys() if isinstance(config.get(k), float)]
+        what = ("is not numeric" if isinstance(value, bool) or not isinstance(value, (int, float)) else
+                "takes integers" if short in config.per_run_keys() else
+                "changes the compiled program (one program per value)")
+        raise SweepError(f"search.axis = {axis!r} {what}; the search probes a per-run float setting: "
+                         f"{', '.join(floats)} or a float setting of the optimizer (weight_decay, ...)")
+    if low >= high:
+        raise SweepError(f"search.low ({low}) must be smaller than search.high ({high})")
+    engine = {k: _convert(f"search.{k}", fields[k], table[k]) for k in ("resolution", "criterion", "direction",
+                                                                        "scale", "probes") if k in table}
+    scale = engine.get("scale", "auto")
+    if scale == "auto":
+        scale = "log" if low > 0 and high / low >= 10 else "linear"
+    resolution = engine["resolution"]
+    if scale == "log":
+        if low <= 0:
+            raise SweepError(f"search.scale = 'log' needs search.low > 0, got {low}")
+        if resolution <= 1:
+            raise SweepError(f"search.resolution = {resolution}: on a log scale (high / low >= 10, or scale = "
+                             f"'log') the resolution is the largest ratio between the bracket's ends, > 1 "
+                             f"(e.g. 1.25); or set scale = 'linear'")
+        if resolution > high / low:
+            raise SweepError(f"search.resolution ({resolution}) is larger than the range's ratio high / low "
+                             f"({high / low:g})")
+        n = math.log(high / low) / math.log(resolution)
+    else:
+        if resolution > high - low:
+            raise SweepError(f"search.resolution ({resolution}) is larger than the range high - low "
+                             f"({high - low:g})")
+        n = (high - low) / resolution
+    if n > MAX_LATTICE:
+        raise SweepError(f"search.resolution = {resolution} splits the range into {n:,.0f} values; at most "
+                         f"{MAX_LATTICE:,}")
+    grid_axes = [k for k, _ in config.grid]
+    by = table.get("by", grid_axes)
+    if isinstance(by, str):
+        by = [by]
+    if not isinstance(by, list) or not all(isinstance(b, str) for b in by):
+        raise SweepError(f"search.by must be a list of [grid] axes, got {by!r}")
+    by = [_grid_axis(config, b) if b not in grid_axes else b for b in by]
+    for b in by:
+        if b not in grid_axes:
+            raise SweepError(f"search.by: {b!r} is not a [grid] axis; give its values in [grid] "
+                             f"(grid axes: {', '.join(grid_axes) or 'none'})")
+    if len(set(by)) != len(by):
+        raise SweepError(f"search.by names an axis twice: {by}")
+    for k in grid_axes:
+        if k not in by:
+            raise SweepError(f"grid.{k} is not in search.by: every [grid] axis needs a boundary of its own "
+                             f"(add it to search.by, or give it a single value outside [grid])")
+    seeds = table.get("seeds", fields["seeds"].default)
+    if isinstance(seeds, bool) or not isinstance(seeds, (int, list)):
+        raise SweepError(f"search.seeds must be a count or a list of seeds, got {seeds!r}")
+    if isinstance(seeds, int):
+        if not 1 <= seeds <= 1000:
+            raise SweepError(f"search.seeds must be between 1 and 1000, got {seeds}")
+        seeds = list(range(config.train.seed, config.train.seed + seeds))
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= INT32_MAX
+                            for s in seeds):
+        raise SweepError(f"search.seeds must be a count or a non-empty list of integers >= 0, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise SweepError(f"search.seeds has duplicates: {seeds}")
+    return SearchConfig(axis=short, low=low, high=high, by=tuple(by), seeds=tuple(seeds), scale=scale,
+                        **{k: v for k, v in engine.items() if k != "scale"})
 
 
 def _section(section: str, cls, table) -> Any:
@@ -550,6 +687,13 @@ def describe_settings() -> list[dict]:
                 f"{s} {m[b]}" for b, s in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if m[b] is not None)
             rows.append(dict(section=section, key=f.name, default=f.default, allowed=allowed or f.type,
                              per_run=m["per_run"], doc=m["doc"]))
+    for f in dataclasses.fields(SearchConfig):
+        m = f.metadata
+        allowed = ", ".join(m["choices"]) if m["choices"] else {"axis": "a per-run float setting",
+                                                               "by": "list of grid axes",
+                                                               "seeds": "int or list of ints"}.get(f.name, "float")
+        rows.append(dict(section="search", key=f.name, default=f.default, allowed=allowed, per_run=False,
+                         doc=m["doc"]))
     for section in PLUGIN_SECTIONS:
         seen: dict[str, dict] = {}
         for name in BUILTINS[section]:
@@ -566,4 +710,4 @@ def describe_settings() -> list[dict]:
     return rows
 
 
-__all__ = ["SweepConfig", "SweepError", "load_sweep", "sweep_from_dict", "describe_settings", "describe_tasks"]
+__all__ = ["SweepConfig", "SearchConfig", "SweepError", "load_sweep", "sweep_from_dict", "describe_settings", "describe_tasks"]
