@@ -75,6 +75,32 @@ def test_repacking_at_the_accelerators_vmap_width_narrows_it(sweep):
     pd.testing.assert_frame_equal(packed.curves, wide.curves, check_exact=False, rtol=1e-6)
 
 
+def test_runs_added_while_training_grow_a_shrunk_group_back(sweep):
+    # an adaptive search's queue: three of four runs diverge at once (the group shrinks to 1 slot);
+    # when the last finishes, four new runs arrive and the group grows back to take them all
+    train = dict(steps=20, eval_every=10, runs_per_batch=4, progress_measures=False)
+    config = sweep(train=train, grid=dict(lr=[1e-2, 1e20, 2e20, 3e20]))
+    later = sweep(train=train, grid=dict(seed=[1, 2, 3, 4]))
+    runs, extra = config.runs(), later.runs()
+    program = build_program(runs[0], runs + extra)
+    rounds, added = [], []
+
+    def extend(round_, finished):
+        if finished.all() and not added and 0 in round_.run_ids:
+            added.append(True)
+            return [4, 5, 6, 7], run_settings(extra)
+        return None
+
+    stats = train_group(program, run_settings(runs), list(range(4)), lambda r, gs: rounds.append(r), extend=extend)
+    assert stats.widths == [4, 1, 4] and len(added) == 1
+    alone = grokjax.run_sweep(later, progress=False).curves
+    columns = ["step", "train_loss", "train_acc", "test_loss", "test_acc", "param_norm"]
+    grown = pd.concat([pd.DataFrame({"run_id": rid - 4, **{k: r.metrics[k][i] for k in columns}})
+                       for r in rounds for i, rid in enumerate(r.run_ids) if rid >= 4 and r.metrics["recorded"][i].all()])
+    grown = grown.sort_values(["run_id", "step"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(grown, alone[["run_id", *columns]], check_exact=False, rtol=1e-6, check_dtype=False)
+
+
 SHARDED = """
 import sys, grokjax
 sys.path.insert(0, {tests!r})
