@@ -18,6 +18,7 @@ from grokjax.plots import FORMATS, default_axes, has_progress_measures, plot_res
 from grokjax.results import load_results
 from grokjax.run import Interrupted, enable_compilation_cache, make_mesh, run_sweep
 from grokjax.search import BoundarySearch, lattice, search_groups
+from grokjax.width import use_cores_as_devices
 from grokjax.sweep import SweepError, load_sweep
 
 EXIT_BAD_INPUT = 2
@@ -380,6 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line. Launched as a command (``argv`` None) on a machine without an accelerator,
+    it first makes one CPU device per core (``width.use_cores_as_devices``) so that each group can
+    measure whether its runs go faster side by side, one per core; a call from Python with
+    ``argv`` keeps the process's devices as they are."""
+    if argv is None:
+        use_cores_as_devices()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -28,6 +28,7 @@ from grokjax.program import RUN_AXIS, Program, RunSettings, vmap_width
 from grokjax.results import Results, concat_parts, curves_table, runs_table, write_results
 from grokjax.scheduler import GroupState, Round, Stop, abstract_states, train_group
 from grokjax.search import BoundarySearch, search_groups
+from grokjax.width import CORES_AS_DEVICES, choose_layout
 from grokjax.sweep import SweepConfig, SweepError
 
 _PACKAGES = ("grokjax", "jax", "jaxlib", "flax", "optax", "numpy", "pandas", "pyarrow")
@@ -195,6 +196,7 @@ class Session:
                  checkpointer: SweepCheckpointer | None, checkpoint_every: int, group_meta: list[dict],
                  search=None):
         self.config, self.recorder, self.reporter, self.search = config, recorder, reporter, search
+        self.mesh_size = 1  # devices of the group in progress (a checkpoint resumes on as many)
         self.checkpointer, self.checkpoint_every, self.group_meta = checkpointer, checkpoint_every, group_meta
         self.saves = max(checkpointer.steps(), default=-1) + 1 if checkpointer is not None else 0
         self.evals_since_save = 0
@@ -218,6 +220,7 @@ class Session:
                                dict(group=g, width=len(state.slots), next_run=state.next_run,
                                     run_steps=state.run_steps, base_width=state.base_width,
                                     runs_per_batch=state.runs_per_batch, group_meta=self.group_meta,
+                                    devices=self.mesh_size,
                                     config=config_fingerprint(self.config),
                                     **({"search": self.search.state()} if self.search is not None else {})))
         self.saves += 1
@@ -301,7 +304,8 @@ def _train(config, runs, groups, out, primary, progress, sweep_text, write_every
         checkpointer = SweepCheckpointer(checkpoints)
         checkpointer.check_config(config)
         restored = checkpointer.restore(lambda meta: abstract_states(
-            groups[meta["group"]].program, groups[meta["group"]].settings, meta["width"], mesh))
+            groups[meta["group"]].program, groups[meta["group"]].settings, meta["width"],
+            _saved_mesh(meta, mesh)))
     if resume and restored is None:
         print(f"grokjax: --resume: no readable checkpoint in {checkpoints}; training the sweep from the start",
               file=sys.stderr)
@@ -322,20 +326,30 @@ def _train(config, runs, groups, out, primary, progress, sweep_text, write_every
                 group.settings = run_settings([runs[i] for i in group.run_ids])
     session = Session(config, recorder, _reporter(progress, runs, len(groups)) if primary else None,
                       checkpointer, checkpoint_every, group_meta, search)
+    auto_layout = devices is None and auto_layout_available()
+    used: dict = {}
     for g in range(restored.meta["group"] if restored else 0, len(groups)):
         group = groups[g]
-        resume_state = None
+        resume_state, group_mesh, tuned, layout = None, mesh, None, None
+        requested = runs[group.run_ids[0]].train.runs_per_batch
         if restored and g == restored.meta["group"]:
             m = restored.meta
             resume_state = GroupState(restored.state, restored.host["slots"], m["next_run"], m["run_steps"],
                                       m["base_width"], m.get("runs_per_batch", 0))
+            group_mesh, layout = _saved_mesh(m, mesh), dict(source="checkpoint", devices=m.get("devices"))
+        elif auto_layout:  # one device per core, or one device using every core: measured per group
+            n = min(len(group.run_ids), max_runs_per_chunk or len(group.run_ids))
+            group_mesh, width, layout = choose_layout(group.program, group.settings, n, requested, tune_cache)
+            tuned = (width, dict(source=layout["source"], run_steps_per_s=layout["run_steps_per_s"],
+                                 tune_time_s=layout["tune_time_s"]))
+        session.mesh_size = group_mesh.size if group_mesh is not None else 1
         with _stop_on_signals(session.stop_signal, enabled=checkpointer is not None):
             try:
                 stats = train_group(group.program, group.settings, group.run_ids,
-                                    lambda round_, state, g=g: session.on_round(g, round_, state), mesh=mesh,
+                                    lambda round_, state, g=g: session.on_round(g, round_, state), mesh=group_mesh,
                                     max_runs_per_chunk=max_runs_per_chunk, resume=resume_state, repack=repack,
-                                    runs_per_batch=runs[group.run_ids[0]].train.runs_per_batch,
-                                    tune_cache=tune_cache, extend=_extender(group.extend, runs))
+                                    runs_per_batch=requested, tune_cache=tune_cache,
+                                    extend=_extender(group.extend, runs), tuned=tuned)
             except Stop:
                 recorder.write(dict(complete=False))
                 raise Interrupted(session.stop_signal[0], checkpointer.directory) from None
@@ -345,9 +359,12 @@ def _train(config, runs, groups, out, primary, progress, sweep_text, write_every
                                devices=stats.devices, compile_time_s=round(stats.compile_time_s, 3),
                                train_time_s=round(stats.train_time_s, 3), run_steps=stats.run_steps,
                                slot_steps=stats.slot_steps, precision=runs[group.run_ids[0]].train.precision,
-                               matmul_precision=group.program.matmul_precision))
+                               matmul_precision=group.program.matmul_precision,
+                               **({"layout": layout} if layout is not None else {})))
+        used.update(dict.fromkeys(group_mesh.devices.flat if group_mesh is not None else jax.devices()[:1]))
     table, curves = recorder.tables()
-    meta = _meta(config, runs, group_meta, table, mesh, started, t_start, restored.step if restored else None)
+    meta = _meta(config, runs, group_meta, table, list(used) or _devices(mesh), started, t_start,
+                 restored.step if restored else None)
     boundary = None
     if search is not None:
         boundary = search.boundary(table, n_boot)
@@ -377,7 +394,25 @@ def _reporter(progress: bool | Callable, runs: list[SweepConfig], n_groups: int)
     return None
 
 
-def _meta(config: SweepConfig, runs: list, group_meta: list[dict], table: pd.DataFrame, mesh: Mesh | None,
+def _devices(mesh: Mesh | None) -> list:
+    return list(mesh.devices.flat) if mesh is not None else jax.devices()[:1]
+
+
+def _saved_mesh(meta: dict, mesh: Mesh | None) -> Mesh | None:
+    """The layout a checkpointed group trained on (its device count), so that it resumes alike."""
+    n = meta.get("devices")
+    if n is None or n == (mesh.size if mesh is not None else 1):
+        return mesh
+    return make_mesh(n)
+
+
+def auto_layout_available() -> bool:
+    """Whether groups choose their layout: grokjax made one CPU device per core (a single process)."""
+    return bool(CORES_AS_DEVICES) and jax.default_backend() == "cpu" and jax.process_count() == 1 \
+        and len(jax.devices()) > 1
+
+
+def _meta(config: SweepConfig, runs: list, group_meta: list[dict], table: pd.DataFrame, devices: list,
           started: datetime.datetime, t_start: float, resumed_from: int | None) -> dict:
     train_time = sum(g["train_time_s"] for g in group_meta)
     run_steps = sum(g["run_steps"] for g in group_meta)
@@ -398,7 +433,7 @@ def _meta(config: SweepConfig, runs: list, group_meta: list[dict], table: pd.Dat
         phases=table["phase"].value_counts().to_dict(),
         compilation_cache=jax.config.jax_compilation_cache_dir,
         backend=jax.default_backend(),
-        devices=[str(d) for d in (mesh.devices.flat if mesh is not None else jax.devices()[:1])],
+        devices=[str(d) for d in devices],
         processes=jax.process_count(),
         host=dict(machine=platform.machine(), processor=platform.processor(), cpus=_cpu_count()),
         versions=package_versions(),

@@ -247,8 +247,8 @@ def train_group(program: Program, settings: RunSettings, run_ids: list[int],
                 max_runs_per_chunk: int | None = None, resume: GroupState | None = None,
                 repack: bool = True, runs_per_batch: int = 0,
                 tune_cache: str | os.PathLike | None = None,
-                extend: Callable[[Round, np.ndarray], tuple[list[int], RunSettings] | None] | None = None
-                ) -> GroupStats:
+                extend: Callable[[Round, np.ndarray], tuple[list[int], RunSettings] | None] | None = None,
+                tuned: tuple[int, dict] | None = None) -> GroupStats:
     """Train every run of one group (``settings``: arrays [R], ``run_ids`` their global ids).
 
     A finished run's slot takes the next run of the queue; once the queue is empty and few runs
@@ -259,6 +259,7 @@ def train_group(program: Program, settings: RunSettings, run_ids: list[int],
     ``extend(round, finished)``, called after each round with which of its runs finished, may
     append runs to the queue (their global ids and settings; same program, no recompilation); a
     group that had shrunk grows back through its buckets to take them (an adaptive search).
+    ``tuned``: the vmap width and how it was chosen, when the caller measured it (``choose_layout``).
     """
     run_ids = list(run_ids)
     n_runs = len(run_ids)
@@ -267,6 +268,8 @@ def train_group(program: Program, settings: RunSettings, run_ids: list[int],
     per_device = ceil_div(min(n_runs, max_runs_per_chunk or n_runs), n_dev)
     if resume is not None and resume.runs_per_batch:
         per_batch, choice = resume.runs_per_batch, dict(source="checkpoint")
+    elif tuned is not None:
+        per_batch, choice = tuned
     else:
         per_batch, choice = tune_runs_per_batch(program, settings, per_device, runs_per_batch, tune_cache)
     width = chunk_width(program, settings, per_batch, n_dev, max_runs_per_chunk)

@@ -55,6 +55,16 @@ def test_run_writes_the_results_folder(tmp_path):
         assert key in meta
     assert meta["groups"][0]["precision"] == "float32" and meta["groups"][0]["matmul_precision"] == "highest"
     assert (out / "sweep.toml").read_text() == QUICK
+    cores = len(os.sched_getaffinity(0))
+    if cores >= 2:  # the command made one CPU device per core; the group measured both layouts
+        layout = meta["groups"][0]["layout"]
+        assert set(layout["run_steps_per_s"]) == {"1 device", f"{cores} devices"}
+        assert meta["groups"][0]["devices"] == layout["devices"] and len(meta["devices"]) == layout["devices"]
+        from grokjax import load_sweep, run_sweep  # the layout changes no result: the same grid on one device
+
+        alone = run_sweep(load_sweep(tmp_path / "tiny.toml"), progress=False)
+        assert "layout" not in alone.meta["groups"][0]
+        pd.testing.assert_frame_equal(runs, alone.runs, check_exact=False, rtol=1e-5, atol=1e-6)
 
 
 def test_run_from_python_matches_load_results(tmp_path):
