@@ -222,3 +222,17 @@ def test_cli_prints_the_boundary_and_refuses_the_wrong_command(searched, capsys)
     (searched / "bad.toml").write_text(SWEEP.replace("low = 0.3", "low = 0.8"))
     assert main(["search", str(searched / "bad.toml"), "--dry-run"]) == 2
     assert "search.low (0.8) must be smaller than search.high (0.7)" in capsys.readouterr().err
+
+
+def test_a_log_spaced_search_over_the_learning_rate_finds_where_runs_diverge():
+    config = sweep_from_dict(dict(
+        task=dict(p=11), model=dict(embed_dim=8, width=16), optimizer=dict(weight_decay=1.0),
+        train=dict(steps=20, eval_every=10, runs_per_batch=2, progress_measures=False), grid=dict(data_fraction=[0.5]),
+        search=dict(axis="lr", low=1e-3, high=1e12, resolution=10.0, seeds=2, criterion="diverge")))
+    found = run_sweep(config, progress=False, search=True, n_boot=50)
+    row = found.boundary.iloc[0]
+    assert config.search.scale == "log" and row.status == "bracketed" and row.direction == "up"
+    assert row.high / row.low <= 10.0 * (1 + 1e-9) and row.critical_value == row.high
+    below = found.runs[found.runs.lr < row.critical_value]
+    assert found.runs[found.runs.lr >= row.critical_value].diverged.all() and not below.diverged.all()
+    assert row.probes < 16 and set(found.runs.probe) == set(range(row.probes))
