@@ -12,14 +12,21 @@ model of a user's follows (``dtype`` and ``param_dtype``, when a factory takes t
 - the transformer reads only the last position, so its last layer computes queries, the
   attention output and the MLP at that position only; attention over its few positions is
   unrolled per (query, key) pair with per-head sums as one small matmul (forward 25 % faster on
-  this CPU than batched per-head matmuls: W3 7.9 -> 5.9 ms, W4 26 -> 20 ms per step).
+  this CPU than batched per-head matmuls: W3 7.9 -> 5.9 ms, W4 26 -> 20 ms per step);
+- the transformer computes what depends on one token once per vocabulary entry and gathers it
+  per example: the first layer's LayerNorm, keys, values and queries (its input at a position is
+  that token's embedding plus the position's), the ``=`` row (a constant there) with, in one
+  layer, its scores against each operand, and position 0 through every layer (causal attention
+  lets it see itself alone). Per step on this CPU, ``benchmarks/transformer_tables.py``: W3
+  forward + backward 62 -> 35 ms, forward over the table 444 -> 235 ms; W4 188 -> 96 ms and
+  177 -> 95 ms.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -75,6 +82,35 @@ class MLP(nn.Module):
         return dense(self.n_classes, name="readout")(h)
 
 
+_CONST, _EXAMPLE = "const", "example"
+
+
+class _Rows(NamedTuple):
+    """One position's values (a pytree of arrays) for every example, stored by what they depend
+    on. ``by`` is an input position ``t`` (a table over the vocabulary, read at each example's
+    ``t``-th token), ``_CONST`` (one row, the same for every example: ``=`` in the first layer) or
+    ``_EXAMPLE`` (``[B, ...]``)."""
+
+    value: Any
+    by: int | str
+
+
+def _rowwise(tokens: jax.Array, fn: Callable, *args: _Rows) -> _Rows:
+    """``fn`` of its arguments row by row, on as few rows as they allow: constants and tables of
+    one position stay a table (a constant's missing row axis broadcasts); anything else is read
+    per example first."""
+    keyed = {a.by for a in args} - {_CONST}
+    if not keyed or (len(keyed) == 1 and _EXAMPLE not in keyed):
+        return _Rows(fn(*(a.value for a in args)), keyed.pop() if keyed else _CONST)
+    return _Rows(fn(*(_per_example(a, tokens) for a in args)), _EXAMPLE)
+
+
+def _per_example(rows: _Rows, tokens: jax.Array):
+    if rows.by in (_CONST, _EXAMPLE):
+        return rows.value
+    return jax.tree.map(lambda table: table[tokens[:, rows.by]], rows.value)
+
+
 class Transformer(nn.Module):
     """Decoder-only transformer over ``[t_1, ..., t_k, =]``, logits read at the last position.
 
@@ -83,6 +119,16 @@ class Transformer(nn.Module):
     Attention has no biases; the MLP has. The ``=`` token is id ``n_symbols``; the unembedding
     has ``n_classes`` outputs (Nanda et al.'s code also unembeds ``=``, a logit that is never a
     label: 226,816 parameters at p=113 there, 226,688 here).
+
+    Each quantity is computed once per value of what it depends on (``_Rows``): the first layer's
+    input at position ``t`` depends on token ``t`` alone and its LayerNorm, keys, values and
+    queries do too, so they are ``vocab x d`` tables, not ``B`` rows; ``=`` is one constant row in
+    the first layer, so the one-layer model's query and its scores against each operand position
+    are a constant and ``vocab x heads`` tables. Under causal attention position 0 attends to
+    itself alone, so it stays a table of token 0 through every layer (the later layers' keys and
+    values there included); every other position mixes tokens after the first layer's attention
+    and is computed per example from then on. Equal to the textbook model up to float rounding
+    (``tests/test_models.py``).
     """
 
     n_symbols: int
@@ -104,50 +150,62 @@ class Transformer(nn.Module):
         dh = d // h
         act = ACTIVATIONS[self.activation]
         dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+        rowwise = functools.partial(_rowwise, tokens)
 
         def param(name, std, shape):
             return self.param(name, _normal(std), shape, self.param_dtype).astype(self.dtype)
 
-        eq = jnp.full((tokens.shape[0], 1), self.n_symbols, tokens.dtype)
-        seq = jnp.concatenate([tokens, eq], axis=1)  # [B, k + 1]
+        T = tokens.shape[1] + 1  # the operands, then "="
         embed = param("embed", 1.0 / math.sqrt(d), (self.n_symbols + 1, d))
-        pos = param("pos_embed", 1.0 / math.sqrt(d), (seq.shape[1], d))
-        x = embed[seq] + pos  # [B, T, d]
+        pos = param("pos_embed", 1.0 / math.sqrt(d), (T, d))
+        # the residual stream per position; every row of the vocabulary is tabulated (not only the
+        # operands') so that any token id reads what the textbook model computes
+        xs = [_Rows(embed + pos[t], t) for t in range(T - 1)] + [_Rows(embed[self.n_symbols] + pos[-1], _CONST)]
         norm = (lambda name: nn.LayerNorm(name=name, dtype=self.dtype, param_dtype=self.param_dtype)) \
             if self.layer_norm else (lambda name: (lambda v: v))
-        T = seq.shape[1]
+        heads = (jnp.arange(d)[:, None] // dh == jnp.arange(h)[None, :]).astype(self.dtype)  # [d, h]
+
+        def softmax(*scores):  # over the keys, unrolled: T is small (3 for two operands)
+            top = functools.reduce(jnp.maximum, scores)
+            exps = [jnp.exp(sc - top) for sc in scores]
+            total = sum(exps)
+            return tuple((e / total).astype(self.dtype) for e in exps)
+
         for layer in range(self.n_layers):
             last = layer == self.n_layers - 1
             std = 1.0 / math.sqrt(d)
-            wq = param(f"layer_{layer}_wq", std, (d, h, dh))
-            wk = param(f"layer_{layer}_wk", std, (d, h, dh))
-            wv = param(f"layer_{layer}_wv", std, (d, h, dh))
-            wo = param(f"layer_{layer}_wo", std, (h, dh, d))
-            a = norm(f"layer_{layer}_ln_attn")(x)
-            k = a @ wk.reshape(d, d)
-            v = a @ wv.reshape(d, d)
-            q = (a[:, -1:] if last else a) @ wq.reshape(d, d)  # only the last position is read out
-            # T is small (3 for two operands): per (query, key) pair, a product over model dims
-            # summed per head by a 0/1 [d, h] matrix, and a softmax over the pairs unrolled. XLA's CPU backend runs the
-            # textbook form (batched [T x dh] matmuls per example and head, reductions over T)
-            # several times slower.
-            heads = (jnp.arange(d)[:, None] // dh == jnp.arange(h)[None, :]).astype(x.dtype)  # [d, h]
-            zs = []
-            for s_ in range(q.shape[1]):
-                query = T - q.shape[1] + s_  # its position; it sees keys 0..query (causal)
-                scores = [((q[:, s_] * k[:, t]) @ heads / math.sqrt(dh)).astype(
-                    jnp.promote_types(x.dtype, jnp.float32)) for t in range(query + 1)]  # [B, h] each
-                top = functools.reduce(jnp.maximum, scores)
-                exps = [jnp.exp(sc - top) for sc in scores]
-                total = sum(exps)
-                zs.append(sum(((e / total).astype(v.dtype) @ heads.T) * v[:, t] for t, e in enumerate(exps)))
-            z = jnp.stack(zs, 1)  # [B, S, d]
-            x = (x[:, -1:] if last else x) + z @ wo.reshape(d, d)
-            m = norm(f"layer_{layer}_ln_mlp")(x)
-            m = dense(self.d_mlp, name=f"layer_{layer}_mlp_in")(m)
-            x = x + dense(d, name=f"layer_{layer}_mlp_out")(act(m))
-        x = norm("ln_final")(x[:, -1])
-        return x @ param("unembed", 1.0 / math.sqrt(d), (d, self.n_classes))
+            wq, wk, wv = (param(f"layer_{layer}_{w}", std, (d, h, dh)).reshape(d, d) for w in ("wq", "wk", "wv"))
+            wo = param(f"layer_{layer}_wo", std, (h, dh, d)).reshape(d, d)
+            ln_attn = norm(f"layer_{layer}_ln_attn")
+            a = [rowwise(ln_attn, x) for x in xs]
+            keys = [rowwise(lambda v: v @ wk, r) for r in a]
+            values = [rowwise(lambda v: v @ wv, r) for r in a]
+            outs = []
+            for s in ([T - 1] if last else range(T)):  # only the last position is read out
+                if s == 0:  # causal: it attends to itself alone, with weight exactly 1
+                    outs.append(rowwise(lambda v: v @ wo, values[0]))
+                    continue
+                q = rowwise(lambda v: v @ wq, a[s])
+                # per (query, key) pair, a product over model dims summed per head by a 0/1 [d, h]
+                # matrix: XLA's CPU backend runs the textbook form (batched [T x dh] matmuls per
+                # example and head, reductions over T) several times slower
+                scores = [rowwise(lambda q_, k_: ((q_ * k_) @ heads / math.sqrt(dh)).astype(
+                    jnp.promote_types(self.dtype, jnp.float32)), q, keys[t]) for t in range(s + 1)]
+                weights = rowwise(softmax, *scores)
+                # weighted values summed, then one wo matmul per example: tables of value x wo per
+                # head ([vocab, h, d], gathered per example) measured slower on this CPU (forward
+                # over the table: W4 110 ms against 83, W3 332 against 306; training steps no faster)
+                outs.append(rowwise(lambda w, *vs: sum((wt @ heads.T) * vt for wt, vt in zip(w, vs)) @ wo,
+                                    weights, *values[:s + 1]))
+            xs = [rowwise(jnp.add, x, out) for x, out in zip(xs[T - len(outs):], outs)]
+            ln_mlp = norm(f"layer_{layer}_ln_mlp")
+            mlp_in = dense(self.d_mlp, name=f"layer_{layer}_mlp_in")
+            mlp_out = dense(d, name=f"layer_{layer}_mlp_out")
+            xs = [rowwise(lambda v: v + mlp_out(act(mlp_in(ln_mlp(v)))), x) for x in xs]
+        ln_final = norm("ln_final")
+        unembed = param("unembed", 1.0 / math.sqrt(d), (d, self.n_classes))
+        logits = rowwise(lambda v: ln_final(v) @ unembed, xs[-1])
+        return jnp.broadcast_to(_per_example(logits, tokens), (tokens.shape[0], self.n_classes))
 
 
 # train.precision -> (computation dtype, parameter dtype); the loss is always at least float32

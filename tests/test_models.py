@@ -40,25 +40,76 @@ def test_transformer_last_position_shortcut_matches_full_causal_model(k):
     np.testing.assert_allclose(model.apply({"params": params}, tokens), full, rtol=1e-5, atol=1e-5)
 
 
-def _reference_transformer(params, tokens, n_layers, n_heads):
+@pytest.mark.parametrize("n_layers,layer_norm,k", [(1, False, 2), (1, True, 3), (2, False, 3), (2, True, 2),
+                                                   (3, True, 2)])
+def test_transformer_token_tables_match_textbook_model_and_its_gradients(n_layers, layer_norm, k):
+    """Keys, values, queries and scores tabulated per vocabulary entry (first layer, "=", position
+    0 through every layer), then gathered per example: the same logits and parameter gradients as
+    computing everything per example and position."""
+    model = Transformer(7, 5, n_layers=n_layers, d_model=8, n_heads=2, d_mlp=16, layer_norm=layer_norm)
+    tokens = jax.random.randint(jax.random.PRNGKey(n_layers + k), (13, k), 0, 7)
+    labels = jax.random.randint(jax.random.PRNGKey(4), (13,), 0, 5)
+    params = init_params(model, jax.random.PRNGKey(1), 1.0, tokens[:1])
+
+    def loss(fn):
+        return lambda p: optax.softmax_cross_entropy_with_integer_labels(fn(p), labels).mean()
+
+    def both(p):  # jitted: a few compilations instead of one per operation
+        logits = model.apply({"params": p}, tokens), _reference_transformer(p, tokens, n_layers, 2, n_symbols=7)
+        return logits, jax.value_and_grad(loss(lambda p: model.apply({"params": p}, tokens)))(p), \
+            jax.value_and_grad(loss(lambda p: _reference_transformer(p, tokens, n_layers, 2, n_symbols=7)))(p)
+
+    (logits, ref_logits), ours, ref = jax.jit(both)(params)
+    np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ours[0], ref[0], rtol=1e-5)
+    for g, g_ref in zip(jax.tree.leaves(ours[1]), jax.tree.leaves(ref[1])):
+        np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-6)
+
+
+def test_transformer_under_vmap_over_runs_and_highest_precision():
+    model = Transformer(7, 7, n_layers=2, d_model=8, n_heads=2, d_mlp=16, layer_norm=True)
+    tokens = jax.random.randint(jax.random.PRNGKey(0), (3, 5, 2), 0, 7)  # a batch per run
+    runs = jax.tree.map(lambda *w: jnp.stack(w), *(init_params(model, jax.random.PRNGKey(r), 1.0, PAIR)
+                                                   for r in range(3)))
+    with jax.default_matmul_precision("highest"):
+        batched = jax.jit(jax.vmap(lambda p, t: model.apply({"params": p}, t)))(runs, tokens)
+    ref = jax.jit(jax.vmap(lambda p, t: _reference_transformer(p, t, 2, 2, n_symbols=7)))(runs, tokens)
+    np.testing.assert_allclose(batched, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_transformer_initialization_is_that_of_earlier_releases():
+    # flax draws each parameter's key in creation order; values from the per-example model (same key)
+    params = init_params(Transformer(7, 7, n_layers=2, d_model=8, n_heads=2, d_mlp=16, layer_norm=True),
+                         jax.random.PRNGKey(0), 1.0, PAIR)
+    np.testing.assert_allclose(
+        [params["embed"][0, 0], params["pos_embed"][1, 0], params["layer_0_wq"][0, 0, 0], params["layer_1_wo"][0, 0, 0],
+         params["layer_1_mlp_in"]["kernel"][0, 0], params["unembed"][0, 0]],
+        [0.026920437812805176, -0.14860238134860992, 0.4601757228374481, 0.05562085285782814, 0.47196415066719055,
+         -0.4939092695713043], rtol=1e-6)
+
+
+def _reference_transformer(params, tokens, n_layers, n_heads, n_symbols=11):
+    """The textbook model: every position of every layer per example, batched per-head matmuls."""
     def ln(x, p):
+        if p is None:  # layer_norm=False
+            return x
         mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
         return (x - mu) / jnp.sqrt(var + 1e-6) * p["scale"] + p["bias"]
 
-    seq = jnp.concatenate([tokens, jnp.full((tokens.shape[0], 1), 11)], 1)
+    seq = jnp.concatenate([tokens, jnp.full((tokens.shape[0], 1), n_symbols)], 1)
     x = params["embed"][seq] + params["pos_embed"]
     mask = jnp.tril(jnp.ones((seq.shape[1], seq.shape[1]), bool))
     for layer in range(n_layers):
         pre = f"layer_{layer}_"
-        a = ln(x, params[pre + "ln_attn"])
+        a = ln(x, params.get(pre + "ln_attn"))
         q, k, v = (jnp.einsum("btd,dhk->bthk", a, params[pre + w]) for w in ("wq", "wk", "wv"))
         s = jnp.einsum("bshk,bthk->bhst", q, k) / jnp.sqrt(q.shape[-1])
         att = jax.nn.softmax(jnp.where(mask, s, -jnp.inf), -1)
         x = x + jnp.einsum("bshk,hkd->bsd", jnp.einsum("bhst,bthk->bshk", att, v), params[pre + "wo"])
-        m = ln(x, params[pre + "ln_mlp"])
+        m = ln(x, params.get(pre + "ln_mlp"))
         m = jax.nn.relu(m @ params[pre + "mlp_in"]["kernel"] + params[pre + "mlp_in"]["bias"])
         x = x + m @ params[pre + "mlp_out"]["kernel"] + params[pre + "mlp_out"]["bias"]
-    return ln(x[:, -1], params["ln_final"]) @ params["unembed"]
+    return ln(x[:, -1], params.get("ln_final")) @ params["unembed"]
 
 
 @pytest.mark.parametrize("k", [1, 2, 4])
