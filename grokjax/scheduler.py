@@ -100,15 +100,33 @@ def chunk_width(program: Program, settings: RunSettings, runs_per_batch: int, n_
     numbers do not depend on how the grid was chunked."""
     unit, n_runs = runs_per_batch * n_devices, len(settings.seed)
     state, step = bytes_per_run(program, settings, runs_per_batch)
-    budget = memory_fraction * device_memory_bytes() - step
-    if budget < state:  # not even one run fits: say so before XLA fails to allocate
-        raise SweepError(f"one run needs about {(state + step / runs_per_batch) / 2**30:.1f} GiB (parameters, "
+    offered = memory_fraction * device_memory_bytes()
+    budget = offered - step
+    if budget < state and runs_per_batch > 1:  # say so before XLA fails to allocate
+        raise SweepError(f"train.runs_per_batch = {runs_per_batch} runs vmapped together need about "
+                         f"{(state + step) / 2**30:.1f} GiB (their parameters, optimizer states and one step's "
+                         f"activations) and the device offers {offered / 2**30:.1f} GiB: set train.runs_per_batch "
+                         f"lower (one run needs about {(state + step / runs_per_batch) / 2**30:.1f} GiB)")
+    if budget < state:
+        raise SweepError(f"one run needs about {(state + step) / 2**30:.1f} GiB (parameters, "
                          f"optimizer state and one step's activations) and the device offers "
-                         f"{memory_fraction * device_memory_bytes() / 2**30:.1f} GiB: use a smaller model or "
-                         f"task, a batch_size, or a device with more memory")
+                         f"{offered / 2**30:.1f} GiB: use a smaller model or task, a batch_size, or a device with "
+                         f"more memory")
     fit = max(1, int(budget // max(state, 1))) * n_devices
     width = min(n_runs, fit, max_runs or n_runs)
     return max(unit, ceil_div(width, unit) * unit)
+
+
+def fit_vmap_width(program: Program, settings: RunSettings, runs_per_batch: int,
+                   memory_fraction: float = 0.5) -> int:
+    """The vmap width halved until that many runs (states and one step's activations) fit
+    ``memory_fraction`` of a device: an accelerator's width is its whole share of the runs, which
+    for a large model can exceed its memory."""
+    state, step = bytes_per_run(program, settings, 1)
+    budget, k = memory_fraction * device_memory_bytes(), runs_per_batch
+    while k > 1 and k * (state + step) > budget:
+        k = ceil_div(k, 2)
+    return k
 
 
 def bucket_sizes(width: int, unit: int, floor: int = 1) -> list[int]:
@@ -272,6 +290,10 @@ def train_group(program: Program, settings: RunSettings, run_ids: list[int],
         per_batch, choice = tuned
     else:
         per_batch, choice = tune_runs_per_batch(program, settings, per_device, runs_per_batch, tune_cache)
+    if choice.get("source") not in ("config", "checkpoint"):  # a width chosen here must fit the device
+        fitted = fit_vmap_width(program, settings, per_batch)
+        if fitted < per_batch:
+            per_batch, choice = fitted, dict(choice, memory_capped_from=per_batch)
     width = chunk_width(program, settings, per_batch, n_dev, max_runs_per_chunk)
     per_call = evals_per_call(program.steps // program.eval_every)
     trainer = GroupTrainer(program, settings, mesh, per_batch, per_call)

@@ -139,3 +139,18 @@ def test_sharded_grid_equals_one_device(tmp_path, sweep, devices, chunk):
     assert sharded_runs[sharded_runs.lr == 1e20].diverged.all() and not sharded_runs[sharded_runs.lr == 1e-2].diverged.any()
 
 
+
+
+def test_a_vmap_width_that_would_not_fit_is_halved_or_refused_by_name(sweep, monkeypatch):
+    import grokjax.scheduler as scheduler
+    from grokjax.errors import SweepError
+
+    config = sweep(grid=dict(seed=list(range(8))))
+    runs = config.runs()
+    program, settings = build_program(runs[0], runs), run_settings(runs)
+    state, step = scheduler.bytes_per_run(program, settings, 1)
+    monkeypatch.setattr(scheduler, "device_memory_bytes", lambda device=None: int(2 * 2.5 * (state + step)))
+    assert scheduler.fit_vmap_width(program, settings, 8) == 2  # 2.5 runs fit half the device
+    with pytest.raises(SweepError, match="train.runs_per_batch = 8 runs vmapped together need about"):
+        scheduler.chunk_width(program, settings, 8)
+    assert scheduler.chunk_width(program, settings, 2) == 8  # states are small: all 8 held, 2 computed at once
