@@ -308,46 +308,40 @@ def _fail(message: str) -> int:
     return EXIT_BAD_INPUT
 
 
+def _training_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """The options ``run`` and ``search`` share."""
+    parser.add_argument("--out", help="results folder (default: results/<sweep name>)")
+    parser.add_argument("--quiet", action="store_true", help="no progress line or summary")
+    parser.add_argument("--devices", type=int, help="devices sharing the run axis (default: all local devices; "
+                                                    "on a CPU, each group measures one device against one per core)")
+    parser.add_argument("--max-runs-per-chunk", type=int, help="cap on runs trained at once (default: what fits)")
+    parser.add_argument("--checkpoint-every", type=int, default=50, metavar="EVALS",
+                        help="evaluations between checkpoints in DIR/checkpoints (default 50; 0: none)")
+    parser.add_argument("--resume", action="store_true", help=f"continue a stopped {what} from its newest checkpoint")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the results of another sweep in --out (refused without it)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the sweep file and its plug-ins, print the plan, train and write nothing")
+    parser.add_argument("--cache-dir", help="persistent compilation cache (default: ~/.cache/grokjax/jax)")
+    parser.add_argument("--no-cache", action="store_true", help="compile without the persistent cache")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grokjax", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train every run of a sweep file and write a results folder")
     run.add_argument("file", help="sweep file (TOML)")
-    run.add_argument("--out", help="results folder (default: results/<sweep name>)")
-    run.add_argument("--quiet", action="store_true", help="no progress line or summary")
-    run.add_argument("--devices", type=int, help="devices sharing the run axis (default: all local devices)")
-    run.add_argument("--max-runs-per-chunk", type=int, help="cap on runs trained at once (default: what fits)")
-    run.add_argument("--checkpoint-every", type=int, default=50, metavar="EVALS",
-                     help="evaluations between checkpoints in DIR/checkpoints (default 50; 0: none)")
-    run.add_argument("--resume", action="store_true", help="continue a stopped sweep from its newest checkpoint")
-    run.add_argument("--overwrite", action="store_true",
-                     help="replace the results of another sweep in --out (refused without it)")
-    run.add_argument("--dry-run", action="store_true",
-                     help="check the sweep file and its plug-ins, print the plan, train and write nothing")
+    _training_options(run, "sweep")
     run.add_argument("--distributed", action="store_true",
                      help="one process per host under jax.distributed (addresses from SLURM or JAX's variables)")
     run.add_argument("--coordinator", metavar="HOST:PORT", help="multi-host: the coordinator's address")
     run.add_argument("--num-processes", type=int, help="multi-host: number of processes")
     run.add_argument("--process-id", type=int, help="multi-host: this process's id (0 writes the results)")
-    run.add_argument("--cache-dir", help="persistent compilation cache (default: ~/.cache/grokjax/jax)")
-    run.add_argument("--no-cache", action="store_true", help="compile without the persistent cache")
     run.set_defaults(func=_run)
     search = sub.add_parser("search", help="find the critical value of a setting per cell ([search] section) "
                                            "with few runs, inside one running program")
     search.add_argument("file", help="sweep file (TOML) with a [search] section")
-    search.add_argument("--out", help="results folder (default: results/<sweep name>)")
-    search.add_argument("--quiet", action="store_true", help="no progress line")
-    search.add_argument("--devices", type=int, help="devices sharing the run axis (default: all local devices)")
-    search.add_argument("--max-runs-per-chunk", type=int, help="cap on runs trained at once (default: what fits)")
-    search.add_argument("--checkpoint-every", type=int, default=50, metavar="EVALS",
-                        help="evaluations between checkpoints in DIR/checkpoints (default 50; 0: none)")
-    search.add_argument("--resume", action="store_true", help="continue a stopped search from its newest checkpoint")
-    search.add_argument("--overwrite", action="store_true",
-                        help="replace the results of another sweep in --out (refused without it)")
-    search.add_argument("--dry-run", action="store_true",
-                        help="check the sweep file and its plug-ins, print the plan, train and write nothing")
-    search.add_argument("--cache-dir", help="persistent compilation cache (default: ~/.cache/grokjax/jax)")
-    search.add_argument("--no-cache", action="store_true", help="compile without the persistent cache")
+    _training_options(search, "search")
     search.set_defaults(func=_run, coordinator=None, distributed=False, num_processes=None, process_id=None)
     plot = sub.add_parser("plot", help="figures of a results folder (finished or still running)")
     plot.add_argument("dir", help="results folder")
