@@ -1,3 +1,9 @@
+import contextlib
+import io
+import os
+import subprocess
+
+import jax
 import pytest
 
 import grokjax
@@ -16,3 +22,42 @@ def make_sweep(**sections):
 @pytest.fixture
 def sweep():
     return make_sweep
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_cache_home(tmp_path_factory):
+    """One $XDG_CACHE_HOME in tmp for every process the tests start: `grokjax run` keeps its
+    persistent compilation cache and measured vmap widths there, matplotlib its font cache. A
+    sweep's programs then compile once per session instead of once per test (a cold launch of
+    the smallest sweep spends seconds compiling and measuring; a warm one loads), and nothing is
+    written to the user's ~/.cache. A test about the cache itself names its own --cache-dir."""
+    path = tmp_path_factory.mktemp("xdg_cache")
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
+
+
+def cli_in_process(*args, cwd) -> subprocess.CompletedProcess:
+    """``grokjax ARGS`` run in cwd through the console script's own ``main`` in this process, for
+    commands that refuse their input or only read a results folder: a new process would add only
+    JAX's start-up (seconds each). Exit code, stdout and stderr as ``subprocess.run`` gives them."""
+    from grokjax.cli import main
+
+    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    cache = jax.config.jax_compilation_cache_dir
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as e:  # argparse refuses unknown commands and flags this way
+                code = e.code
+    finally:
+        os.chdir(here)
+    # a command that got as far as enabling the compilation cache belongs in a subprocess
+    assert jax.config.jax_compilation_cache_dir == cache, f"grokjax {' '.join(args)} enabled the cache in-process"
+    return subprocess.CompletedProcess(["grokjax", *args], code, out.getvalue(), err.getvalue())

@@ -1,12 +1,14 @@
-"""End to end through the console entry point, in a subprocess as a user runs it."""
+"""End to end through the console entry point: every `grokjax run` that trains in a subprocess as a
+user runs it; refusals and commands that only read a results folder (plot, summary) through the
+same ``main`` in this process, where a new process would add only JAX's start-up."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
+from conftest import cli_in_process
 
 QUICK = """
 name = "tiny"
@@ -29,16 +31,26 @@ data_fraction = [0.3, 0.6]
 
 
 def grokjax(*args, cwd):
-    env = {**os.environ, "XDG_CACHE_HOME": str(cwd / ".cache")}  # keep the compilation cache in tmp
+    # $XDG_CACHE_HOME (the compilation cache) is the session's, in tmp (conftest.py)
     return subprocess.run([sys.executable, "-m", "grokjax", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env=env)
+                          timeout=300)
 
 
-def test_run_writes_the_results_folder(tmp_path):
-    (tmp_path / "tiny.toml").write_text(QUICK)
-    proc = grokjax("run", "tiny.toml", cwd=tmp_path)
+@pytest.fixture(scope="module")
+def quick_launches(tmp_path_factory):
+    """The quick sweep launched twice in one folder with a compilation cache of its own, cold then
+    warm: first as a user runs it (progress line, default results folder), then --quiet --out b."""
+    cwd = tmp_path_factory.mktemp("quick")
+    (cwd / "tiny.toml").write_text(QUICK)
+    first = grokjax("run", "tiny.toml", "--cache-dir", "cache", cwd=cwd)
+    second = grokjax("run", "tiny.toml", "--out", "b", "--cache-dir", "cache", "--quiet", cwd=cwd)
+    return cwd, first, second
+
+
+def test_run_writes_the_results_folder(quick_launches):
+    cwd, proc, _ = quick_launches
     assert proc.returncode == 0, proc.stderr
-    out = tmp_path / "results" / "tiny"
+    out = cwd / "results" / "tiny"
     assert {p.name for p in out.iterdir()} >= {"runs.parquet", "curves.parquet", "meta.json", "sweep.toml"}
     assert "run-steps/s" in proc.stderr and "memorized" in proc.stderr and "grokked" in proc.stderr
     runs = pd.read_parquet(out / "runs.parquet")
@@ -100,7 +112,7 @@ BAD_FILES = [
 @pytest.mark.parametrize("text, field, hint", BAD_FILES, ids=[b[1] for b in BAD_FILES])
 def test_bad_input_exits_2_with_one_clear_message(tmp_path, text, field, hint):
     (tmp_path / "bad.toml").write_text(text)
-    proc = grokjax("run", "bad.toml", cwd=tmp_path)
+    proc = cli_in_process("run", "bad.toml", cwd=tmp_path)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and field in proc.stderr and hint in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -108,8 +120,9 @@ def test_bad_input_exits_2_with_one_clear_message(tmp_path, text, field, hint):
 
 
 def test_missing_file_and_unknown_command(tmp_path):
-    proc = grokjax("run", "nope.toml", cwd=tmp_path)
+    proc = grokjax("run", "nope.toml", cwd=tmp_path)  # a refusal through a new process: one line, nothing else
     assert proc.returncode == 2 and "not found" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
     proc = grokjax("fly", cwd=tmp_path)
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
 
@@ -131,22 +144,23 @@ def test_run_plot_and_summary(tmp_path):
     figures = tmp_path / "res" / "figures"
     assert {p.name for p in figures.iterdir()} == {"phase_diagram.png", "phase_map.png", "learning_curves.png",
                                                    "critical_fraction.png", "progress.png"}
-    proc = grokjax("plot", "res", "--progress", "--cell", "data_fraction=0.6,seed=1", "--out", "one", cwd=tmp_path)
+    proc = cli_in_process("plot", "res", "--progress", "--cell", "data_fraction=0.6,seed=1", "--out", "one",
+                          cwd=tmp_path)
     assert proc.returncode == 0 and (tmp_path / "one" / "progress.png").is_file(), proc.stderr
     for cell in ("widht=1", "seed"):
-        proc = grokjax("plot", "res", "--progress", "--cell", cell, cwd=tmp_path)
+        proc = cli_in_process("plot", "res", "--progress", "--cell", cell, cwd=tmp_path)
         assert proc.returncode == 2 and cell.split("=")[0] in proc.stderr and "Traceback" not in proc.stderr
-    proc = grokjax("plot", "res", "--metric", "final_test_acc", "--format", "svg", "--facet", "seed",
-                   "--out", "svgs", cwd=tmp_path)
+    proc = cli_in_process("plot", "res", "--metric", "final_test_acc", "--format", "svg", "--facet", "seed",
+                          "--out", "svgs", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "svgs" / "phase_diagram.svg").is_file()
-    proc = grokjax("summary", "res", cwd=tmp_path)
+    proc = cli_in_process("summary", "res", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert "8 runs, complete" in lines[0] and "median grok_step" in lines[1] and len(lines) == 2 + 4
-    proc = grokjax("plot", "res", "--x", "widht", cwd=tmp_path)
+    proc = cli_in_process("plot", "res", "--x", "widht", cwd=tmp_path)
     assert proc.returncode == 2 and "widht" in proc.stderr and "Traceback" not in proc.stderr
-    proc = grokjax("plot", "nothing_here", cwd=tmp_path)
+    proc = cli_in_process("plot", "nothing_here", cwd=tmp_path)
     assert proc.returncode == 2 and "not a grokjax results folder" in proc.stderr
 
 
@@ -175,20 +189,17 @@ def test_seed_only_sweep_gets_learning_curves(tmp_path):
     proc = grokjax("run", "seeds.toml", "--out", "res", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (tmp_path / "res" / "figures").iterdir()) == ["learning_curves.png", "progress.png"]
-    proc = grokjax("summary", "res", cwd=tmp_path)
+    proc = cli_in_process("summary", "res", cwd=tmp_path)
     assert proc.returncode == 0 and "seed" in proc.stdout.splitlines()[1]
 
 
-def test_second_launch_uses_the_compilation_cache(tmp_path):
-    (tmp_path / "tiny.toml").write_text(QUICK)
-    times = []
-    for out in ("a", "b"):
-        proc = grokjax("run", "tiny.toml", "--out", out, "--cache-dir", "cache", "--quiet", cwd=tmp_path)
+def test_second_launch_uses_the_compilation_cache(quick_launches):
+    cwd, first, second = quick_launches
+    for proc, out in ((first, cwd / "results" / "tiny"), (second, cwd / "b")):
         assert proc.returncode == 0, proc.stderr
-        meta = json.loads((tmp_path / out / "meta.json").read_text())
+        meta = json.loads((out / "meta.json").read_text())
         assert meta["compilation_cache"].endswith("cache")
-        times.append(meta["compile_time_s"])
-    assert any((tmp_path / "cache").iterdir())
+    assert any((cwd / "cache").iterdir())
     # results do not depend on whether the program came from the cache
-    a, b = (pd.read_parquet(tmp_path / o / "curves.parquet") for o in ("a", "b"))
+    a, b = (pd.read_parquet(out / "curves.parquet") for out in (cwd / "results" / "tiny", cwd / "b"))
     pd.testing.assert_frame_equal(a, b)
