@@ -74,7 +74,7 @@ def test_run_writes_the_results_folder(quick_launches):
         assert meta["groups"][0]["devices"] == layout["devices"] and len(meta["devices"]) == layout["devices"]
         from grokjax import load_sweep, run_sweep  # the layout changes no result: the same grid on one device
 
-        alone = run_sweep(load_sweep(tmp_path / "tiny.toml"), progress=False)
+        alone = run_sweep(load_sweep(cwd / "tiny.toml"), progress=False)
         assert "layout" not in alone.meta["groups"][0]
         pd.testing.assert_frame_equal(runs, alone.runs, check_exact=False, rtol=1e-5, atol=1e-6)
 
