@@ -3,6 +3,7 @@ user runs it; refusals and commands that only read a results folder (plot, summa
 same ``main`` in this process, where a new process would add only JAX's start-up."""
 
 import json
+import os
 import subprocess
 import sys
 
