@@ -134,8 +134,10 @@ def test_info_lists_tasks_and_settings(tmp_path):
     assert "x3_xy2_y" in proc.stdout and "s5_mul" in proc.stdout and "optimizer.weight_decay" in proc.stdout
 
 
+FIXED_WIDTH = "eval_every = 10\nruns_per_batch = {}"  # the quick sweep measures its vmap width; these need not
 PHASE_SWEEP = QUICK.replace('name = "tiny"', 'name = "phases"').replace(
-    "data_fraction = [0.3, 0.6]", "data_fraction = [0.3, 0.6]\nweight_decay = [0.1, 1.0]")
+    "data_fraction = [0.3, 0.6]", "data_fraction = [0.3, 0.6]\nweight_decay = [0.1, 1.0]").replace(
+    "eval_every = 10", FIXED_WIDTH.format(8))
 
 
 def test_run_plot_and_summary(tmp_path):
@@ -186,7 +188,8 @@ def test_a_running_sweep_can_be_plotted(tmp_path):
 
 
 def test_seed_only_sweep_gets_learning_curves(tmp_path):
-    (tmp_path / "seeds.toml").write_text(QUICK.replace("data_fraction = [0.3, 0.6]\n", ""))
+    (tmp_path / "seeds.toml").write_text(QUICK.replace("data_fraction = [0.3, 0.6]\n", "").replace(
+        "eval_every = 10", FIXED_WIDTH.format(2)))
     proc = grokjax("run", "seeds.toml", "--out", "res", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (tmp_path / "res" / "figures").iterdir()) == ["learning_curves.png", "progress.png"]
@@ -201,6 +204,8 @@ def test_second_launch_uses_the_compilation_cache(quick_launches):
         meta = json.loads((out / "meta.json").read_text())
         assert meta["compilation_cache"].endswith("cache")
     assert any((cwd / "cache").iterdir())
+    # the vmap width measured by the first launch is remembered beside the cache
+    assert meta["groups"][0]["runs_per_batch_choice"]["source"] == "measured earlier"
     # results do not depend on whether the program came from the cache
     a, b = (pd.read_parquet(out / "curves.parquet") for out in (cwd / "results" / "tiny", cwd / "b"))
     pd.testing.assert_frame_equal(a, b)

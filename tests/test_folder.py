@@ -8,6 +8,7 @@ import sys
 
 import pandas as pd
 import pytest
+from conftest import cli_in_process
 
 import grokjax
 from grokjax.folder import LOCK_FILE, FolderLock, check_target
@@ -21,20 +22,22 @@ width = 16
 [train]
 steps = 20
 eval_every = 10
+runs_per_batch = 2  # fixed: these tests measure no vmap width
 [grid]
 seed = [0, 1]
 """
 
 
 def grokjax_cli(*args, cwd):
-    env = {**os.environ, "XDG_CACHE_HOME": str(cwd / ".cache")}
+    # $XDG_CACHE_HOME (the compilation cache) is the session's, in tmp (conftest.py): TINY compiles once
     return subprocess.run([sys.executable, "-m", "grokjax", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env=env)
+                          timeout=300)
 
 
 def test_another_sweeps_results_are_never_overwritten(tmp_path):
     (tmp_path / "a.toml").write_text(TINY)
-    (tmp_path / "b.toml").write_text(TINY.replace("p = 11", "p = 13"))
+    # another sweep: other seeds (per-run values, so the same compiled programs as a)
+    (tmp_path / "b.toml").write_text(TINY.replace("seed = [0, 1]", "seed = [2, 3]"))
     assert grokjax_cli("run", "a.toml", "--out", "res", "--quiet", cwd=tmp_path).returncode == 0
     before = pd.read_parquet(tmp_path / "res" / "runs.parquet")
     proc = grokjax_cli("run", "b.toml", "--out", "res", "--quiet", cwd=tmp_path)
@@ -47,7 +50,7 @@ def test_another_sweeps_results_are_never_overwritten(tmp_path):
     assert proc.returncode == 0 and "the same sweep settings" in proc.stderr
     proc = grokjax_cli("run", "b.toml", "--out", "res", "--quiet", "--overwrite", cwd=tmp_path)
     assert proc.returncode == 0 and "--overwrite: replacing" in proc.stderr
-    assert (pd.read_parquet(tmp_path / "res" / "runs.parquet").p == 13).all()
+    assert pd.read_parquet(tmp_path / "res" / "runs.parquet").seed.tolist() == [2, 3]
     assert not (tmp_path / "res" / LOCK_FILE).exists()
 
 
@@ -71,9 +74,8 @@ def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(tmp_path):
 
 def test_two_launches_at_once_one_writes_one_is_refused(tmp_path):
     (tmp_path / "s.toml").write_text(TINY.replace("steps = 20", "steps = 200"))
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / ".cache")}
     procs = [subprocess.Popen([sys.executable, "-m", "grokjax", "run", "s.toml", "--out", "res", "--quiet"],
-                              cwd=tmp_path, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+                              cwd=tmp_path, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
     codes = sorted(code for code, _ in results)
     assert codes in ([0, 0], [0, 2]), results  # the second starts after the first ends, or is refused
@@ -86,8 +88,8 @@ def test_damaged_results_are_named_not_a_traceback(tmp_path):
     assert grokjax_cli("run", "s.toml", "--out", "res", "--quiet", cwd=tmp_path).returncode == 0
     meta = tmp_path / "res" / "meta.json"
     meta.write_text(meta.read_text()[:40])
-    for command in ("plot", "summary"):
-        proc = grokjax_cli(command, "res", cwd=tmp_path)
+    for command in ("plot", "summary"):  # commands that only read: their main() in this process
+        proc = cli_in_process(command, "res", cwd=tmp_path)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert "meta.json is damaged (not readable JSON" in proc.stderr
     # a damaged folder is still "results": a new sweep does not overwrite it silently
@@ -96,13 +98,13 @@ def test_damaged_results_are_named_not_a_traceback(tmp_path):
     meta.write_text("{}")
     runs = tmp_path / "res" / "runs.parquet"
     runs.write_bytes(runs.read_bytes()[:100])
-    proc = grokjax_cli("summary", "res", cwd=tmp_path)
+    proc = cli_in_process("summary", "res", cwd=tmp_path)
     assert proc.returncode == 2 and "runs.parquet is damaged (not a readable parquet table" in proc.stderr
 
 
 def test_empty_sweep_and_resume_without_checkpoints_say_what_they_do(tmp_path):
     (tmp_path / "empty.toml").write_text("# nothing yet\n")
-    proc = grokjax_cli("run", "empty.toml", cwd=tmp_path)
+    proc = cli_in_process("run", "empty.toml", cwd=tmp_path)  # refused on reading the file
     assert proc.returncode == 2 and "sets nothing" in proc.stderr and not (tmp_path / "results").exists()
     (tmp_path / "s.toml").write_text(TINY)
     proc = grokjax_cli("run", "s.toml", "--out", "res", "--resume", "--quiet", cwd=tmp_path)
