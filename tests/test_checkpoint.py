@@ -68,7 +68,8 @@ def tables(folder: Path):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def uninterrupted_folder(tmp_path_factory):
+    """The sweep trained without interruption (its checkpoints stay in full/checkpoints)."""
     cwd = tmp_path_factory.mktemp("full")
     (cwd / "ckpt.toml").write_text(SWEEP)
     proc = grokjax_run(cwd, "full")
@@ -76,7 +77,12 @@ def uninterrupted(tmp_path_factory):
     assert proc.returncode == 0, err
     group = json.loads((cwd / "full" / "meta.json").read_text())["groups"][0]
     assert group["devices"] == 2 and group["widths"][0] == 6  # sharded and chunked (12 runs, 6 at a time)
-    return tables(cwd / "full")
+    return cwd / "full"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(uninterrupted_folder):
+    return tables(uninterrupted_folder)
 
 
 def assert_same(folder: Path, expected):
@@ -121,8 +127,10 @@ def test_truncated_checkpoint_falls_back_to_the_previous(tmp_path, uninterrupted
     assert_same(tmp_path / "res", uninterrupted)
 
 
-def test_changed_sweep_file_is_refused(tmp_path):
-    killed_after(tmp_path, 1).wait()
+def test_changed_sweep_file_is_refused(tmp_path, uninterrupted_folder):
+    import shutil
+
+    shutil.copytree(uninterrupted_folder, tmp_path / "res")  # a sweep's folder with its checkpoints
     (tmp_path / "ckpt.toml").write_text(SWEEP.replace("steps = 600", "steps = 900"))
     resumed = grokjax_run(tmp_path, "res", "--resume")
     _, err = resumed.communicate(timeout=300)

@@ -56,8 +56,17 @@ def test_draw_batch_stays_in_the_train_split():
 # --- a run does not depend on its neighbours -------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def seed_2_alone():
+    """The run (seed 2, weight decay 1) trained alone: it does not depend on a grid's width."""
+    from conftest import make_sweep
+
+    return grokjax.run_sweep(make_sweep(task=dict(data_fraction=0.5), optimizer=dict(weight_decay=1.0),
+                                        train=dict(seed=2)), progress=False)
+
+
 @pytest.mark.parametrize("runs_per_batch", [8, 3, 1])
-def test_run_in_a_grid_follows_the_same_curve_as_alone(sweep, runs_per_batch):
+def test_run_in_a_grid_follows_the_same_curve_as_alone(sweep, seed_2_alone, runs_per_batch):
     def curve(seeds, weight_decays):
         config = sweep(train=dict(runs_per_batch=runs_per_batch), grid=dict(seed=seeds, weight_decay=weight_decays))
         results = grokjax.run_sweep(config, progress=False)
@@ -70,10 +79,8 @@ def test_run_in_a_grid_follows_the_same_curve_as_alone(sweep, runs_per_batch):
     pd.testing.assert_frame_equal(in_grid, curve([2, 5, 6, 7], [1.0, 30.0]), rtol=1e-6, atol=1e-7)
     # alone, the run is computed one at a time without a vmap, by other kernels: the same curve
     # up to float rounding, which training amplifies a little (about 1e-3 of the loss by step 60)
-    alone = grokjax.run_sweep(sweep(task=dict(data_fraction=0.5), optimizer=dict(weight_decay=1.0),
-                                    train=dict(seed=2)), progress=False)
     assert len(in_grid) == 6
-    alone, accuracies = curves_of(alone, 0), ["train_acc", "test_acc"]
+    alone, accuracies = curves_of(seed_2_alone, 0), ["train_acc", "test_acc"]
     pd.testing.assert_frame_equal(in_grid.drop(columns=accuracies), alone.drop(columns=accuracies),
                                   rtol=3e-3, atol=1e-4)  # measured: <= 1e-3
     # accuracies: at most one of the ~264 examples on either side of its decision boundary
@@ -88,8 +95,8 @@ def test_grokking_happens_and_no_weight_decay_with_little_data_does_not():
     steps and test accuracy only hundreds of steps later; at 30 % without decay it never does."""
     config = grokjax.sweep_from_dict(dict(
         task=dict(name="add", p=47), model=dict(name="mlp", embed_dim=64, width=256),
-        optimizer=dict(lr=1e-2), train=dict(steps=500, eval_every=10),
-        grid=dict(data_fraction=[0.7, 0.3], weight_decay=[1.0, 0.0])))
+        optimizer=dict(lr=1e-2), train=dict(steps=500, eval_every=10, runs_per_batch=1),  # the width a 2-core
+        grid=dict(data_fraction=[0.7, 0.3], weight_decay=[1.0, 0.0])))  # CPU measures for it: none to measure
     runs = grokjax.run_sweep(config, progress=False).runs.set_index(["data_fraction", "weight_decay"])
     grokker = runs.loc[(0.7, 1.0)]
     assert grokker.memorize_step <= 50
@@ -110,10 +117,13 @@ def test_absurd_learning_rate_diverges_alone(sweep):
     assert np.isfinite(bad.final_train_loss).all()  # frozen at its last finite state
     good = runs[runs.lr == 1e-2]
     assert not good.diverged.any()
+    # the good runs trained without the absurd ones, each by itself (runs_per_batch = 1: one run at
+    # a time, unbatched, as a sweep of one run computes it), in one sweep
+    alone = grokjax.run_sweep(sweep(train=dict(steps=40, runs_per_batch=1), grid=dict(seed=[0, 1])), progress=False)
     for seed in (0, 1):
-        alone = grokjax.run_sweep(sweep(train=dict(steps=40, seed=seed)), progress=False)
         pd.testing.assert_frame_equal(curves_of(results, good[good.seed == seed].run_id.item()),
-                                      curves_of(alone, 0), rtol=1e-4, atol=1e-5)
+                                      curves_of(alone, alone.runs.query(f"seed == {seed}").run_id.item()),
+                                      rtol=1e-4, atol=1e-5)
 
 
 def test_sweep_stops_once_every_run_is_done(sweep):

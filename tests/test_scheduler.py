@@ -16,7 +16,8 @@ def test_resumed_group_keeps_its_vmap_width(sweep):
     program, settings = build_program(runs[0], runs), run_settings(runs)
     rounds = []
     stats = train_group(program, settings, list(range(4)),  # the states are donated to the next round: copy
-                        lambda r, gs: rounds.append(dataclasses.replace(gs, states=jax.tree.map(jnp.copy, gs.states))))
+                        lambda r, gs: rounds.append(dataclasses.replace(gs, states=jax.tree.map(jnp.copy, gs.states))),
+                        runs_per_batch=4)  # the width it started with (measured or set) is not the point here
     resumed = train_group(program, settings, list(range(4)), lambda r, gs: None,
                           resume=dataclasses.replace(rounds[0], runs_per_batch=3))
     assert stats.runs_per_batch in (1, 4) and resumed.runs_per_batch == 3
@@ -101,44 +102,59 @@ def test_runs_added_while_training_grow_a_shrunk_group_back(sweep):
     pd.testing.assert_frame_equal(grown, alone[["run_id", *columns]], check_exact=False, rtol=1e-6, check_dtype=False)
 
 
+SHARDED_GRID = dict(train=dict(steps=40, eval_every=10, runs_per_batch=1),
+                    grid=dict(lr=[1e-2, 1e20], seed=[0, 1, 2, 3, 4]))
+SHARDED_CASES = [(8, None), (4, 4)]  # (devices, max_runs_per_chunk)
 SHARDED = """
-import sys, grokjax
+import json, os, sys, grokjax
 sys.path.insert(0, {tests!r})
 from conftest import make_sweep
-config = make_sweep(train=dict(steps=40, eval_every=10, runs_per_batch=1),
-                    grid=dict(lr=[1e-2, 1e20], seed=[0, 1, 2, 3, 4]))
+config = make_sweep(**{grid!r})
 import jax
 assert len(jax.devices()) == 8, jax.devices()
-r = grokjax.run_sweep(config, progress=False, devices={devices}, max_runs_per_chunk={chunk})
-r.runs.to_parquet({out!r} + "/runs.parquet"); r.curves.to_parquet({out!r} + "/curves.parquet")
-print(r.meta["groups"][0]["widths"], r.meta["groups"][0]["devices"])
+for devices, chunk in {cases!r}:
+    r = grokjax.run_sweep(config, progress=False, devices=devices, max_runs_per_chunk=chunk)
+    out = os.path.join({out!r}, f"{{devices}}-{{chunk}}")
+    os.makedirs(out)
+    r.runs.to_parquet(out + "/runs.parquet"); r.curves.to_parquet(out + "/curves.parquet")
+    group = r.meta["groups"][0]
+    json.dump(dict(widths=group["widths"], devices=group["devices"]), open(out + "/group.json", "w"))
 """
 
 
-@pytest.mark.parametrize("devices, chunk", [(8, "None"), (4, 4)])
-def test_sharded_grid_equals_one_device(tmp_path, sweep, devices, chunk):
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory):
+    """The grid trained in one process that sees 8 CPU devices, once per case (one JAX start-up
+    for both), and here on one device: the reference every case must equal."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    # one width everywhere (a measured one could differ between the processes): the same kernels
-    config = sweep(train=dict(steps=40, eval_every=10, runs_per_batch=1),
-                   grid=dict(lr=[1e-2, 1e20], seed=[0, 1, 2, 3, 4]))
-    single = grokjax.run_sweep(config, progress=False)
-    script = SHARDED.format(tests=str(Path(__file__).parent), out=str(tmp_path), devices=devices, chunk=chunk)
+    from conftest import make_sweep
+
+    out = tmp_path_factory.mktemp("sharded")
+    script = SHARDED.format(tests=str(Path(__file__).parent), grid=SHARDED_GRID, cases=SHARDED_CASES, out=str(out))
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    widths, used = proc.stdout.split("] ")
-    assert int(used) == devices and all(int(w) % devices == 0 for w in widths.strip("[").split(","))
-    sharded_runs = pd.read_parquet(tmp_path / "runs.parquet")
+    # one width everywhere (a measured one could differ between the processes): the same kernels
+    return out, grokjax.run_sweep(make_sweep(**SHARDED_GRID), progress=False)
+
+
+@pytest.mark.parametrize("devices, chunk", SHARDED_CASES)
+def test_sharded_grid_equals_one_device(sharded, devices, chunk):
+    import json
+
+    out, single = sharded
+    out = out / f"{devices}-{chunk}"
+    group = json.loads((out / "group.json").read_text())
+    assert group["devices"] == devices and all(w % devices == 0 for w in group["widths"])
+    sharded_runs = pd.read_parquet(out / "runs.parquet")
     assert len(sharded_runs) == 10  # padding never shows
     pd.testing.assert_frame_equal(sharded_runs, single.runs, rtol=1e-4, atol=1e-5)
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "curves.parquet"), single.curves, rtol=1e-4, atol=1e-5)
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "curves.parquet"), single.curves, rtol=1e-4, atol=1e-5)
     assert sharded_runs[sharded_runs.lr == 1e20].diverged.all() and not sharded_runs[sharded_runs.lr == 1e-2].diverged.any()
-
-
 
 
 def test_a_vmap_width_that_would_not_fit_is_halved_or_refused_by_name(sweep, monkeypatch):
