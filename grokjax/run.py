@@ -269,14 +269,13 @@ def run_sweep(config: SweepConfig, out: str | Path | None = None, progress: bool
         raise SweepError("this sweep file has a [search] section: run it with grokjax search (search_boundary)"
                          if not search else "the sweep file has no [search] section (axis, low, high, resolution)")
     started, t_start = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
-    if search:
-        search = BoundarySearch(config)
-        search.start()
-        runs = search.runs
-        groups = [Group(ids, program, run_settings([runs[i] for i in ids]), search.extend)
-                  for program, ids in search_groups(search)]
+    boundary_search = BoundarySearch(config) if search else None
+    if boundary_search is not None:
+        boundary_search.start()
+        runs = boundary_search.runs
+        groups = [Group(ids, program, run_settings([runs[i] for i in ids]), boundary_search.extend)
+                  for program, ids in search_groups(boundary_search)]
     else:
-        search = None
         runs = config.runs()
         groups = [Group(ids, build_program(runs[ids[0]], [runs[i] for i in ids]),
                         run_settings([runs[i] for i in ids])) for ids in group_runs(runs)]
@@ -289,7 +288,7 @@ def run_sweep(config: SweepConfig, out: str | Path | None = None, progress: bool
     with FolderLock(out) if out is not None and primary else contextlib.nullcontext():
         return _train(config, runs, groups, out, primary, progress, sweep_text, write_every_s, devices,
                       max_runs_per_chunk, checkpoint_every, resume, overwrite, repack, tune_cache, started, t_start,
-                      search, n_boot)
+                      boundary_search, n_boot)
 
 
 def _train(config, runs, groups, out, primary, progress, sweep_text, write_every_s, devices, max_runs_per_chunk,
