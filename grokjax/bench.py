@@ -45,10 +45,12 @@ WORKLOADS = {
 # Grid sizes and timed steps per workload: --quick fits a 2-core CPU in under 5 minutes (W1 is
 # cheap enough to reach the 256 runs its loop comparison asks for), the default is sized for a GPU.
 # Every implementation evaluates once on the whole table per timed window (eval_every = steps).
+# A CPU without bf16 matmul units runs PyTorch's bf16 autocast 20-70x slower than float32 (this
+# 2-core AMD EPYC, 2026-11-30), so --quick times one run of it rather than two.
 QUICK = dict(runs=dict(W1=[1, 16, 256], W2=[1, 16], W3=[1, 16], W4=[1, 16]),
-             steps=dict(W1=50, W2=20, W3=20, W4=10), loop_runs=2, ensemble_runs=[16])
+             steps=dict(W1=50, W2=20, W3=20, W4=10), loop_runs=2, bf16_runs=1, ensemble_runs=[16])
 FULL = dict(runs={w: [1, 16, 64, 256, 1024] for w in WORKLOADS}, steps={w: 50 for w in WORKLOADS}, loop_runs=4,
-            ensemble_runs=[16, 64])
+            bf16_runs=4, ensemble_runs=[16, 64])
 
 
 def workload_config(name: str, runs: int, steps: int) -> SweepConfig:
@@ -100,7 +102,7 @@ def bench_grid(config: SweepConfig) -> dict:
     results = run_sweep(config, progress=False)
     group = results.meta["groups"][0]
     return dict(run_steps_per_s=results.meta["run_steps_per_s"], compile_s=results.meta["compile_time_s"],
-                runs_per_batch=group["runs_per_batch"],
+                runs_per_batch=group["runs_per_batch"], devices=group["devices"],
                 width_rates=group["runs_per_batch_choice"].get("run_steps_per_s"))  # how the width was chosen
 
 
@@ -151,9 +153,11 @@ def bench_jax_loops(config: SweepConfig, n_runs: int, min_seconds: float = 1.0) 
 
 
 def bench_torch(config: SweepConfig, w: dict, n_runs: int, ensemble_runs: list[int],
-                ensemble_budget_s: float = 5.0, min_seconds: float = 1.0) -> dict[str, dict]:
+                ensemble_budget_s: float = 5.0, min_seconds: float = 1.0, bf16_runs: int | None = None
+                ) -> dict[str, dict]:
     """The PyTorch baselines on the same workload, evaluating at the grid's cadence; each loop
-    trains at least ``n_runs`` runs and ``min_seconds`` (a cheap workload's runs are short). The
+    trains at least ``n_runs`` runs (``bf16_runs`` under bf16 autocast, default the same) and
+    ``min_seconds`` (a cheap workload's runs are short). The
     ensemble, slow at large sizes, trains for as many of the steps as fit ``ensemble_budget_s``
     (at least 2), timed after one warm-up step."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks" / "baselines"))
@@ -166,10 +170,10 @@ def bench_torch(config: SweepConfig, w: dict, n_runs: int, ensemble_runs: list[i
     # on the grid's kind of device: a GPU when JAX has one and this torch build can use it
     device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
     out = {}
-    for name, bf16 in (("torch_loop", False), ("torch_loop_bf16", True)):
+    for name, bf16, runs in (("torch_loop", False, n_runs), ("torch_loop_bf16", True, bf16_runs or n_runs)):
         torch_models.train_loop(*args, 2, batch, bf16=bf16, eval_every=1, device=device)  # warm-up
         seconds, i = 0.0, 0
-        while i < n_runs or seconds < min_seconds:
+        while i < runs or seconds < min_seconds:
             seconds += torch_models.train_loop(*args, steps, batch, seed=i, bf16=bf16, eval_every=every,
                                                device=device)["seconds"]
             i += 1
@@ -225,7 +229,8 @@ def run_benchmarks(out: str | Path = ".", quick: bool = False, workloads: list[s
             add(impl, result.pop("timed_runs"), result)  # a loop's rate does not depend on how many runs
         if importlib.util.find_spec("torch"):
             ensembles = [r for r in sizes["ensemble_runs"] if r <= max(grid_sizes)]
-            result = bench_torch(config, w, sizes["loop_runs"], ensembles, min_seconds=min_seconds)
+            result = bench_torch(config, w, sizes["loop_runs"], ensembles, min_seconds=min_seconds,
+                                 bf16_runs=sizes["bf16_runs"])
             threads, torch_device = result.pop("threads"), result.pop("device")
             for impl, res in result.items():
                 impl, _, r = impl.partition("@")
@@ -238,15 +243,17 @@ def run_benchmarks(out: str | Path = ".", quick: bool = False, workloads: list[s
 def write_report(records: list[dict], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(records, indent=1) + "\n")
-    lines = ["| workload | implementation | runs | run-steps/s | naive GFLOP/s | % of ceiling |", "|---|---|---|---|---|---|"]
+    lines = ["| workload | implementation | runs | run-steps/s | naive GFLOP/s | % of ceiling | grid: devices x vmap width |",
+             "|---|---|---|---|---|---|---|"]
     for w in dict.fromkeys(r["workload"] for r in records):
         rows = [r for r in records if r["workload"] == w]
         ceiling = max(r["achieved_gflops"] for r in rows if r["implementation"] == "matmul_ceiling")
-        lines.append(f"| {w} | matmul ceiling | | | {ceiling:.0f} | 100 |")
+        lines.append(f"| {w} | matmul ceiling | | | {ceiling:.0f} | 100 | |")
         for r in rows:
             if r["implementation"] != "matmul_ceiling":
+                layout = f"{r['devices']} x {r['runs_per_batch']}" if "devices" in r else ""
                 lines.append(f"| {w} | {r['implementation']} | {r['runs']} | {r['run_steps_per_s']:.1f} | "
-                             f"{r['achieved_gflops']:.1f} | {100 * r['achieved_gflops'] / ceiling:.0f} |")
+                             f"{r['achieved_gflops']:.1f} | {100 * r['achieved_gflops'] / ceiling:.0f} | {layout} |")
     first = records[0]
     header = f"Measured {first['date']} on {first['device']} ({first['host']}, {first['threads']} cores).\n\n"
     (out / "bench.md").write_text(header + "\n".join(lines) + "\n\n" + ratios(records))

@@ -29,4 +29,5 @@ def test_quick_suite_writes_its_report(tmp_path):
     assert report.count("| W1 |") >= 6 and "| W1 | 2 |" in report  # the table, then the ratios of the grid at 2 runs
     assert (tmp_path / "bench.png").stat().st_size > 0
     grids = [r for r in saved if r["implementation"] == "grokjax_grid"]
-    assert all(r["runs_per_batch"] >= 1 for r in grids)
+    assert all(r["runs_per_batch"] >= 1 and r["devices"] >= 1 for r in grids)
+    assert f"| {grids[0]['devices']} x {grids[0]['runs_per_batch']} |" in report  # the layout the grid ran
