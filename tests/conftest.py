@@ -10,9 +10,11 @@ import grokjax
 
 
 def make_sweep(**sections):
-    """A small sweep from keyword sections: make_sweep(task=dict(p=11), grid=dict(seed=[0, 1]))."""
+    """A small sweep from keyword sections: make_sweep(task=dict(p=11), grid=dict(seed=[0, 1])).
+    Progress measures are off unless a test turns them on (they add about 15 % to a small sweep's
+    compilation; tests/test_progress.py and the CLI tests of sweep files keep them on)."""
     raw = dict(name="test", task=dict(name="add", p=23), model=dict(name="mlp", embed_dim=32, width=64),
-               optimizer=dict(lr=1e-2, weight_decay=1.0), train=dict(steps=60, eval_every=10))
+               optimizer=dict(lr=1e-2, weight_decay=1.0), train=dict(steps=60, eval_every=10, progress_measures=False))
     for key, value in sections.items():
         replace = key == "grid" or not isinstance(value, dict) or (key == "model" and "name" in value)
         raw[key] = value if replace else {**raw.get(key, {}), **value}

@@ -102,6 +102,14 @@ def test_contract_check_passes_for_builtins_and_users_plugins(plugins):
     assert np.isfinite(metrics["train_loss"])
 
 
+def test_contract_check_names_a_loss_that_is_not_finite():
+    def nan_loss(outputs, labels):
+        return jnp.full(labels.shape, jnp.nan)
+
+    with pytest.raises(AssertionError, match="one training step from the initial parameters was not finite"):
+        grokjax.check_plugins(loss=nan_loss, task_settings=dict(p=11), model_settings=dict(width=32, embed_dim=8))
+
+
 def test_digits_with_mse_and_a_large_init_scale_passes_the_contract():
     pytest.importorskip("sklearn")
     grokjax.check_plugins(task="digits", loss="mse", model_settings=dict(width=32))

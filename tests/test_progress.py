@@ -93,7 +93,7 @@ def test_the_smallest_progress_check_records_the_measures_and_they_move_before_g
     from memorization to grokking while the training set comes to need the key frequencies."""
     from grokjax.analysis import progress_steps
 
-    train = dict(steps=300, eval_every=20, runs_per_batch=2)
+    train = dict(steps=300, eval_every=20, runs_per_batch=2, progress_measures=True)  # make_sweep turns them off
     base = dict(task=dict(p=47, data_fraction=0.6), model=dict(name="mlp", embed_dim=64, width=256),
                 optimizer=dict(lr=1e-2, weight_decay=3.0))
     results = grokjax.run_sweep(sweep(**base, train=train, grid=dict(seed=[0, 1])), progress=False)
