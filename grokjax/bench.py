@@ -42,11 +42,12 @@ WORKLOADS = {
                model=dict(name="transformer", n_layers=1, d_model=128, n_heads=4, d_mlp=512, layer_norm=False),
                batch_size=0),
 }
-# Grid sizes and timed steps per workload: --quick fits a 2-core CPU in under 5 minutes (W1 is
-# cheap enough to reach the 256 runs its loop comparison asks for), the default is sized for a GPU.
-# Every implementation evaluates once on the whole table per timed window (eval_every = steps).
-# A CPU without bf16 matmul units runs PyTorch's bf16 autocast 20-70x slower than float32 (this
-# 2-core AMD EPYC, 2026-11-30), so --quick times one run of it rather than two.
+# Grid sizes and timed steps per workload: --quick is sized for a 2-core CPU (3 min 37 s on an
+# Intel with AMX, 2026-11-27; 9 min 44 s on an AMD EPYC, 2026-11-30, most of it compiling and
+# the PyTorch baselines; W1 is cheap enough to reach the 256 runs its loop comparison asks for),
+# the default for a GPU. Every implementation evaluates once on the whole table per timed window
+# (eval_every = steps). A CPU without bf16 matmul units runs PyTorch's bf16 autocast 20-70x
+# slower than float32, so --quick times one run of it rather than two.
 QUICK = dict(runs=dict(W1=[1, 16, 256], W2=[1, 16], W3=[1, 16], W4=[1, 16]),
              steps=dict(W1=50, W2=20, W3=20, W4=10), loop_runs=2, bf16_runs=1, ensemble_runs=[16])
 FULL = dict(runs={w: [1, 16, 64, 256, 1024] for w in WORKLOADS}, steps={w: 50 for w in WORKLOADS}, loop_runs=4,
@@ -156,10 +157,10 @@ def bench_torch(config: SweepConfig, w: dict, n_runs: int, ensemble_runs: list[i
                 ensemble_budget_s: float = 5.0, min_seconds: float = 1.0, bf16_runs: int | None = None
                 ) -> dict[str, dict]:
     """The PyTorch baselines on the same workload, evaluating at the grid's cadence; each loop
-    trains at least ``n_runs`` runs (``bf16_runs`` under bf16 autocast, default the same) and
-    ``min_seconds`` (a cheap workload's runs are short). The
-    ensemble, slow at large sizes, trains for as many of the steps as fit ``ensemble_budget_s``
-    (at least 2), timed after one warm-up step."""
+    trains at least ``n_runs`` runs (``bf16_runs`` under bf16 autocast, default the same; 0 skips
+    it) and ``min_seconds`` (a cheap workload's runs are short). The ensemble, slow at large
+    sizes, trains for as many of the steps as fit ``ensemble_budget_s`` (at least 2), timed after
+    one warm-up step."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks" / "baselines"))
     import torch
     import torch_models
@@ -169,8 +170,10 @@ def bench_torch(config: SweepConfig, w: dict, n_runs: int, ensemble_runs: list[i
     args = (w["model"], task.inputs, task.labels, task.n_symbols)
     # on the grid's kind of device: a GPU when JAX has one and this torch build can use it
     device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
-    out = {}
-    for name, bf16, runs in (("torch_loop", False, n_runs), ("torch_loop_bf16", True, bf16_runs or n_runs)):
+    out, bf16_runs = {}, n_runs if bf16_runs is None else bf16_runs
+    for name, bf16, runs in (("torch_loop", False, n_runs), ("torch_loop_bf16", True, bf16_runs)):
+        if not runs:
+            continue
         torch_models.train_loop(*args, 2, batch, bf16=bf16, eval_every=1, device=device)  # warm-up
         seconds, i = 0.0, 0
         while i < runs or seconds < min_seconds:

@@ -3,7 +3,14 @@ import io
 import os
 import subprocess
 
-import jax
+# Compiling hundreds of small programs is most of this suite's time on a 2-core CPU, so LLVM's
+# optimization of XLA's own loops (not of the matmul libraries) is off for the tests: a quarter
+# of their time. Every program of a test and every process it starts compile alike (see
+# devices_env), so what a test compares comes from one compiler setting; grokjax's commands and
+# benchmarks run at the default level.
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
+
+import jax  # noqa: E402  (after XLA_FLAGS: read when the backend starts)
 import pytest
 
 import grokjax
@@ -41,6 +48,12 @@ def session_cache_home(tmp_path_factory):
         os.environ.pop("XDG_CACHE_HOME", None)
     else:
         os.environ["XDG_CACHE_HOME"] = before
+
+
+def devices_env(n: int) -> dict[str, str]:
+    """The environment of a child process with ``n`` CPU devices, compiling as this one does."""
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}".strip()
+    return {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
 
 
 def cli_in_process(*args, cwd) -> subprocess.CompletedProcess:

@@ -1,7 +1,6 @@
 """Checkpoint and resume, end to end: a killed sweep continues to the same tables."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import pandas as pd
 import pytest
 
 from grokjax.checkpoint import config_fingerprint, describe_changes
+from conftest import devices_env
 from grokjax.sweep import sweep_from_dict
 
 SWEEP = """
@@ -34,7 +34,7 @@ lr = [1e-2, 1e20]
 data_fraction = [0.3, 0.8]
 seed = [0, 1, 2]
 """
-ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+ENV = devices_env(8)
 FLAGS = ["--devices", "2", "--max-runs-per-chunk", "6", "--checkpoint-every", "6", "--quiet", "--no-cache"]
 
 

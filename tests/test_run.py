@@ -1,12 +1,12 @@
 """Whole sweeps across processes: two JAX processes on localhost train one global grid."""
 
-import os
 import socket
 import subprocess
 import sys
 
 import pandas as pd
 
+from conftest import devices_env
 from tests.test_checkpoint import SWEEP
 
 
@@ -20,7 +20,7 @@ def test_two_processes_equal_one(tmp_path):
     import grokjax
 
     (tmp_path / "ckpt.toml").write_text(SWEEP.replace("steps = 600", "steps = 60"))
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    env = devices_env(2)
     port = free_port()
     base = [sys.executable, "-m", "grokjax", "run", "ckpt.toml", "--quiet", "--no-cache", "--checkpoint-every", "3"]
     procs = [subprocess.Popen(base + ["--out", "multi", "--coordinator", f"localhost:{port}", "--num-processes", "2",

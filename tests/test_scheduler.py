@@ -6,6 +6,7 @@ import pytest
 import grokjax
 from grokjax.experiment import build_program, run_settings
 from grokjax.scheduler import evals_per_call, train_group
+from conftest import devices_env
 
 
 def test_resumed_group_keeps_its_vmap_width(sweep):
@@ -126,7 +127,6 @@ for devices, chunk in {cases!r}:
 def sharded(tmp_path_factory):
     """The grid trained in one process that sees 8 CPU devices, once per case (one JAX start-up
     for both), and here on one device: the reference every case must equal."""
-    import os
     import subprocess
     import sys
     from pathlib import Path
@@ -135,7 +135,7 @@ def sharded(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("sharded")
     script = SHARDED.format(tests=str(Path(__file__).parent), grid=SHARDED_GRID, cases=SHARDED_CASES, out=str(out))
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    env = devices_env(8)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr
     # one width everywhere (a measured one could differ between the processes): the same kernels

@@ -45,21 +45,26 @@ def synthetic(search: BoundarySearch, thresholds: dict, direction="up"):
         values = np.array([search.runs[r].task.data_fraction for r in pending])
         seeds = [search.runs[r].train.seed for r in pending]
         t = np.array([thresholds[(search.runs[r].optimizer.weight_decay, s)] for r, s in zip(pending, seeds)])
-        met = values >= t if direction == "up" else values <= t
+        met = meets(values, t, direction)
         events = dict(grok_step=np.where(met, 10, -1), memorize_step=np.full(len(pending), 10),
                       diverged=np.zeros(len(pending), bool))
         pending = search.extend(Round(np.array(pending), {}, events, 20, 0, 0.0, 1), np.ones(len(pending), bool))
     table = pd.DataFrame([dict(run_id=i, weight_decay=r.optimizer.weight_decay, data_fraction=r.task.data_fraction,
-                               seed=r.train.seed, grok_step=10 if (r.task.data_fraction >= thresholds[
-                                   (r.optimizer.weight_decay, r.train.seed)]) == (direction == "up") else None,
+                               seed=r.train.seed, grok_step=10 if meets(r.task.data_fraction, thresholds[
+                                   (r.optimizer.weight_decay, r.train.seed)], direction) else None,
                                memorize_step=10, diverged=False, final_step=20) for i, r in enumerate(search.runs)])
     table["grok_step"] = table["grok_step"].astype("Int64")
     return table, rounds
 
 
+def meets(value, threshold, direction):
+    """A seed's criterion at a value: from its threshold up, or up to its threshold (ties in)."""
+    return value >= threshold if direction == "up" else value <= threshold
+
+
 def dense_answer(values, thresholds, direction):
     rows = [dict(weight_decay=wd, data_fraction=v, seed=s, diverged=False, memorize_step=10,
-                 grok_step=10 if (v >= t) == (direction == "up") else None)
+                 grok_step=10 if meets(v, t, direction) else None)
             for (wd, s), t in thresholds.items() for v in values]
     dense = pd.DataFrame(rows).astype({"grok_step": "Int64"})
     return critical_value(dense, "data_fraction", ["weight_decay"], "grok", direction, n_boot=10)
