@@ -246,8 +246,8 @@ def run_benchmarks(out: str | Path = ".", quick: bool = False, workloads: list[s
 def write_report(records: list[dict], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(records, indent=1) + "\n")
-    lines = ["| workload | implementation | runs | run-steps/s | naive GFLOP/s | % of ceiling | grid: devices x vmap width |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| workload | implementation | runs | run-steps/s | naive GFLOP/s | % of ceiling "
+             "| grid: devices x vmap width |", "|---|---|---|---|---|---|---|"]
     for w in dict.fromkeys(r["workload"] for r in records):
         rows = [r for r in records if r["workload"] == w]
         ceiling = max(r["achieved_gflops"] for r in rows if r["implementation"] == "matmul_ceiling")

@@ -365,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default=".", help="folder for bench.json, bench.md and bench.png (default: .)")
     bench.add_argument("--quick", action="store_true", help="small sizes (minutes on a CPU)")
     bench.add_argument("--workloads", nargs="+", choices=["W1", "W2", "W3", "W4"], help="default: all")
-    bench.add_argument("--runs", type=int, nargs="+", help="grid sizes (default: 1 16 64 256 1024; quick: 1 16, and 256 for W1)")
+    bench.add_argument("--runs", type=int, nargs="+",
+                       help="grid sizes (default: 1 16 64 256 1024; quick: 1 16, and 256 for W1)")
     bench.add_argument("--steps", type=int, help="steps timed per run (default 50; quick: W1 50, W2 and W3 20, W4 10)")
     bench.set_defaults(func=_bench)
     info = sub.add_parser("info", help="versions, devices, tasks and every sweep setting")

@@ -4,9 +4,9 @@ import pandas as pd
 import pytest
 
 import grokjax
+from conftest import devices_env
 from grokjax.experiment import build_program, run_settings
 from grokjax.scheduler import evals_per_call, train_group
-from conftest import devices_env
 
 
 def test_resumed_group_keeps_its_vmap_width(sweep):
