@@ -21,7 +21,6 @@ import importlib.util
 import json
 import re
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -72,8 +71,8 @@ def rounds(name: str, runs: int, steps: int, n: int) -> list[tuple[float, float 
             torch = bench_torch(workload_config(name, runs, steps), WORKLOADS[name], 2, [], bf16_runs=0
                                 )["torch_loop"]["run_steps_per_s"]
         out.append((grid, torch))
-        print(f"  round {i + 1}: grid {grid:.1f}, torch loop {torch or float('nan'):.1f} run-steps/s", file=sys.stderr,
-              flush=True)
+        print(f"  round {i + 1}: grid {grid:.1f}, torch loop {torch or float('nan'):.1f} run-steps/s"
+              + (f", {grid / torch:.2f}x" if torch else ""), flush=True)
     return out
 
 
@@ -98,11 +97,7 @@ def main() -> None:
         print(f"| {ms:.2f} | {100 * ms / step_ms:.0f} % | {op} | {src} |")
     if args.rounds:
         print(f"\ngrid of {args.runs} runs against the PyTorch loop, {args.rounds} rounds alternated:")
-        result = rounds(args.workload, args.runs, args.steps, args.rounds)
-        ratios = [g / t for g, t in result if t]
-        for i, (g, t) in enumerate(result, 1):
-            print(f"  round {i}: grid {g:.1f}, torch loop {t or float('nan'):.1f} run-steps/s"
-                  + (f", {g / t:.2f}x" if t else ""))
+        ratios = [g / t for g, t in rounds(args.workload, args.runs, args.steps, args.rounds) if t]
         if ratios:
             print(f"  ratio: median {statistics.median(ratios):.2f}x, range {min(ratios):.2f}-{max(ratios):.2f}x")
 

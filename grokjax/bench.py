@@ -170,7 +170,8 @@ def bench_torch(config: SweepConfig, w: dict, n_runs: int, ensemble_runs: list[i
     args = (w["model"], task.inputs, task.labels, task.n_symbols)
     # on the grid's kind of device: a GPU when JAX has one and this torch build can use it
     device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
-    out, bf16_runs = {}, n_runs if bf16_runs is None else bf16_runs
+    out = {}
+    bf16_runs = n_runs if bf16_runs is None else bf16_runs
     for name, bf16, runs in (("torch_loop", False, n_runs), ("torch_loop_bf16", True, bf16_runs)):
         if not runs:
             continue
