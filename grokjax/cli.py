@@ -16,8 +16,10 @@ import pandas as pd
 from grokjax.analysis import METRICS, cell_summary
 from grokjax.plots import FORMATS, default_axes, has_progress_measures, plot_results, progress_figure
 from grokjax.results import load_results
-from grokjax.run import Interrupted, enable_compilation_cache, make_mesh, run_sweep
-from grokjax.search import BoundarySearch, lattice, search_groups
+from grokjax.options import SweepOptions
+from grokjax.run import Interrupted, enable_compilation_cache, plan, train_source
+from grokjax.search import SearchSource, lattice
+from grokjax.sources import GridSource
 from grokjax.width import use_cores_as_devices
 from grokjax.sweep import SweepError, load_sweep
 
@@ -28,57 +30,64 @@ def _run(args) -> int:
     search = args.command == "search"
     try:
         config = load_sweep(args.file)
+        source = _source(args.file, config, search)
+        options = SweepOptions(out=Path(args.out) if args.out else Path("results") / config.name,
+                               progress=not args.quiet, sweep_text=Path(args.file).read_text(),
+                               devices=args.devices, max_runs_per_chunk=args.max_runs_per_chunk,
+                               checkpoint_every=args.checkpoint_every, resume=args.resume, overwrite=args.overwrite)
     except SweepError as e:
         return _fail(str(e))
-    if search and config.search is None:
-        return _fail(f"{args.file} has no [search] section (axis, low, high, resolution, ...); "
-                     f"grokjax run trains its grid")
-    if not search and config.search is not None:
-        return _fail(f"{args.file} has a [search] section: run it with grokjax search {args.file}")
-    for flag, value, low in (("--devices", args.devices, 1), ("--max-runs-per-chunk", args.max_runs_per_chunk, 1),
-                             ("--checkpoint-every", args.checkpoint_every, 0)):
-        if value is not None and value < low:
-            return _fail(f"{flag} must be >= {low}, got {value}")
+    if args.dry_run:
+        return _dry_run(source, options)
     if args.coordinator or args.distributed:
         # one process per host; JAX reads SLURM and its own environment variables for the rest
         jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     if not args.no_cache:
         enable_compilation_cache(args.cache_dir)
-    out = Path(args.out) if args.out else Path("results") / config.name
-    if out.exists() and not out.is_dir():
-        return _fail(f"--out {out} exists and is not a folder")
-    n_runs = len(config.runs())
-    axes = ", ".join(f"{k} x{len(v)}" for k, v in config.grid) or "no grid axes"
-    if args.dry_run:
-        try:
-            make_mesh(args.devices)
-        except SweepError as e:
-            return _fail(str(e))
-        return _dry_run(config, n_runs, axes)
-    if search:
-        spec = config.search
-        print(f"grokjax: search '{config.name}': critical {spec.axis} in [{spec.low:g}, {spec.high:g}] "
-              f"({len(lattice(spec))} values, {spec.scale} scale) for {n_runs} cell{'s' if n_runs > 1 else ''} "
-              f"({axes}), {len(spec.seeds)} seeds per probe, writing to {out}", file=sys.stderr)
-    else:
-        print(f"grokjax: sweep '{config.name}': {n_runs} runs ({axes}), writing to {out}", file=sys.stderr)
+    print(f"grokjax: {_describe(source)}, writing to {options.out}", file=sys.stderr)
     try:
-        results = run_sweep(config, out=out, progress=not args.quiet, sweep_text=Path(args.file).read_text(),
-                            devices=args.devices, max_runs_per_chunk=args.max_runs_per_chunk,
-                            checkpoint_every=args.checkpoint_every, resume=args.resume, overwrite=args.overwrite,
-                            search=search)
+        results = train_source(source, options)
     except SweepError as e:
         return _fail(str(e))
     except Interrupted as e:
         print(f"\ngrokjax: stopped by signal {e.signum}; checkpoint in {e.checkpoint}. Continue with: "
-              f"grokjax {args.command} {args.file} --out {out} --resume", file=sys.stderr)
+              f"grokjax {args.command} {args.file} --out {options.out} --resume", file=sys.stderr)
         return 128 + e.signum
     if jax.process_index() != 0:
         return 0  # process 0 reports and writes for every host
-    meta, runs = results.meta, results.runs
-    n_runs = len(runs)
+    _report(config, results, options.out, args.quiet)
+    return 0
+
+
+def _source(file: str, config, search: bool):
+    """The run source a command trains: the boundary search for ``search``, else the grid."""
+    if search and config.search is None:
+        raise SweepError(f"{file} has no [search] section (axis, low, high, resolution, ...); "
+                         f"grokjax run trains its grid")
+    if not search and config.search is not None:
+        raise SweepError(f"{file} has a [search] section: run it with grokjax search {file}")
+    return SearchSource(config) if search else GridSource(config)
+
+
+def _describe(source) -> str:
+    """One line naming what a launch trains."""
+    config = source.config
+    n_cells = len(config.runs())
+    axes = ", ".join(f"{k} x{len(v)}" for k, v in config.grid) or "no grid axes"
+    if isinstance(source, SearchSource):
+        spec = config.search
+        return (f"search '{config.name}': critical {spec.axis} in [{spec.low:g}, {spec.high:g}] "
+                f"({len(lattice(spec))} values, {spec.scale} scale) for {n_cells} cell{'s' if n_cells > 1 else ''} "
+                f"({axes}), {len(spec.seeds)} seeds per probe")
+    return f"sweep '{config.name}': {n_cells} runs ({axes})"
+
+
+def _report(config, results, out: Path, quiet: bool) -> None:
+    """What a finished launch prints: its phases and times, where its files are, its figures and
+    summary (a search: its boundary table)."""
+    meta, runs, search = results.meta, results.runs, results.boundary is not None
     phases = ", ".join(f"{n} {phase}" for phase, n in meta["phases"].items())
-    print(f"grokjax: {n_runs} runs in {meta['wall_time_s']:.1f} s (compile {meta['compile_time_s']:.1f} s, "
+    print(f"grokjax: {len(runs)} runs in {meta['wall_time_s']:.1f} s (compile {meta['compile_time_s']:.1f} s, "
           f"{meta['run_steps_per_s']:,.0f} run-steps/s): {phases}", file=sys.stderr)
     tables = "runs.parquet, curves.parquet, meta.json" + (", boundary.parquet" if search else "")
     print(f"grokjax: results in {out}/ ({tables})", file=sys.stderr)
@@ -88,33 +97,25 @@ def _run(args) -> int:
     print(f"grokjax: figures in {out / 'figures'}/ ({', '.join(f.name for f in figures)})", file=sys.stderr)
     if search:
         print(_boundary_text(results.boundary))
-    elif not args.quiet:
+    elif not quiet:
         axes = axes or (next((k for k, v in config.grid if k != "seed" and len(v) > 1), "seed"), None)
         print(_summary(runs, *axes))
-    return 0
 
 
-def _dry_run(config, n_runs: int, axes: str) -> int:
-    """Check everything a run checks (plug-ins built and traced) and print the plan; train nothing."""
-    from grokjax.experiment import build_program
-    from grokjax.run import group_runs
-
-    runs = config.runs()
+def _dry_run(source, options: SweepOptions) -> int:
+    """Check everything a launch checks (plug-ins built and traced, devices) and print the plan;
+    train and write nothing. Building the plug-ins imports and calls them: a sweep file is code."""
     try:
-        if config.search is not None:
-            search = BoundarySearch(config)
-            n_groups = len(search_groups(search))
-            what = (f"a search for the critical {config.search.axis} over {len(search.values)} values in {n_runs} "
-                    f"cell{'s' if n_runs != 1 else ''} ({axes})")
-        else:
-            groups = group_runs(runs)
-            for ids in groups:
-                build_program(runs[ids[0]], [runs[i] for i in ids])
-            n_groups, what = len(groups), f"{n_runs} runs ({axes})"
+        groups, _ = plan(source, options)
     except SweepError as e:
         return _fail(str(e))
-    print(f"grokjax: sweep '{config.name}' is valid: {what} in {n_groups} "
-          f"program{'s' if n_groups != 1 else ''}; nothing trained (--dry-run)")
+    config, n, n_cells = source.config, len(groups), len(source.config.runs())
+    axes = ", ".join(f"{k} x{len(v)}" for k, v in config.grid) or "no grid axes"
+    what = (f"a search for the critical {config.search.axis} over {len(lattice(config.search))} values in {n_cells} "
+            f"cell{'s' if n_cells != 1 else ''} ({axes})" if isinstance(source, SearchSource)
+            else f"{n_cells} runs ({axes})")
+    print(f"grokjax: sweep '{config.name}' is valid: {what} in {n} program{'s' if n != 1 else ''}; "
+          f"nothing trained (--dry-run)")
     return 0
 
 

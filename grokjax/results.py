@@ -111,11 +111,22 @@ def runs_table(config: SweepConfig, run_ids, runs: list[SweepConfig], events: di
 
 
 def write_results(out: Path, runs: pd.DataFrame, curves: pd.DataFrame, meta: dict, sweep_text: str | None,
-                  boundary: pd.DataFrame | None = None) -> None:
+                  boundary: pd.DataFrame | None = None, extra: dict[str, pd.DataFrame] | None = None) -> None:
+    """Write a results folder: the two tables, ``meta.json``, the sweep file's text, and a run
+    source's own tables (``extra``: file name -> table; ``boundary``: a search's).
+
+    Args:
+      out: the folder (made if missing).
+      runs, curves: ``runs.parquet`` and ``curves.parquet``.
+      meta: ``meta.json``'s entries.
+      sweep_text: saved as ``sweep.toml`` when given.
+      boundary: ``boundary.parquet`` when given.
+      extra: more tables by file name.
+    """
     out.mkdir(parents=True, exist_ok=True)
     # Write to temporary names and rename, so a reader never sees a half-written table.
-    tables = ((RUNS_FILE, runs), (CURVES_FILE, curves)) + (((BOUNDARY_FILE, boundary),) if boundary is not None else ())
-    for name, df in tables:
+    more = {**({BOUNDARY_FILE: boundary} if boundary is not None else {}), **(extra or {})}
+    for name, df in ((RUNS_FILE, runs), (CURVES_FILE, curves), *more.items()):
         tmp = out / f".{name}.tmp"
         df.to_parquet(tmp, index=False)
         tmp.replace(out / name)

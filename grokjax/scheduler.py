@@ -207,6 +207,7 @@ class GroupTrainer:
         self.program, self.settings, self.mesh = program, settings, mesh
         self.runs_per_batch, self.evals_per_round = runs_per_batch, evals_per_round
         self.sharding = NamedSharding(mesh, P(RUN_AXIS)) if mesh is not None else None
+        self.devices = mesh.size if mesh is not None else 1
         self.compiled: dict[int, tuple] = {}  # working-set size -> (init, period)
         self.compile_time = 0.0
 
@@ -260,97 +261,170 @@ class GroupTrainer:
         return states, metrics, events, step, finished
 
 
-def train_group(program: Program, settings: RunSettings, run_ids: list[int],
-                on_round: Callable[[Round, GroupState], None], *, mesh: Mesh | None = None,
-                max_runs_per_chunk: int | None = None, resume: GroupState | None = None,
-                repack: bool = True, runs_per_batch: int = 0,
-                tune_cache: str | os.PathLike | None = None,
-                extend: Callable[[Round, np.ndarray], tuple[list[int], RunSettings] | None] | None = None,
-                tuned: tuple[int, dict] | None = None) -> GroupStats:
-    """Train every run of one group (``settings``: arrays [R], ``run_ids`` their global ids).
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How a group's runs are laid out and scheduled (nothing here changes a result).
 
-    A finished run's slot takes the next run of the queue; once the queue is empty and few runs
-    are left, the survivors are repacked into a smaller bucket (``repack=False`` keeps the width,
-    for benchmarks). The host only places runs, hands each round to ``on_round`` (which may
-    checkpoint the ``GroupState`` or raise ``Stop``) and stops when every run is finished.
-    ``runs_per_batch``: the vmap width (0: chosen by ``tune_runs_per_batch``).
-    ``extend(round, finished)``, called after each round with which of its runs finished, may
-    append runs to the queue (their global ids and settings; same program, no recompilation); a
-    group that had shrunk grows back through its buckets to take them (an adaptive search).
-    ``tuned``: the vmap width and how it was chosen, when the caller measured it (``choose_layout``).
+    Attributes:
+      mesh: the devices sharing the run axis (None: one device).
+      runs_per_batch: the vmap width asked for (0: chosen by ``tune_runs_per_batch``).
+      max_runs_per_chunk: cap on the runs trained at once (None: what fits in memory).
+      repack: shrink the working set into smaller buckets as runs finish (False keeps its width).
+      tune_cache: file keeping measured vmap widths (None: measure each time).
+      tuned: the vmap width and how it was chosen, when the caller measured it (``choose_layout``).
     """
-    run_ids = list(run_ids)
-    n_runs = len(run_ids)
-    n_dev = mesh.size if mesh is not None else 1
-    # the vmap width never exceeds one device's share of the working set
-    per_device = ceil_div(min(n_runs, max_runs_per_chunk or n_runs), n_dev)
+
+    mesh: Mesh | None = None
+    runs_per_batch: int = 0
+    max_runs_per_chunk: int | None = None
+    repack: bool = True
+    tune_cache: str | os.PathLike | None = None
+    tuned: tuple[int, dict] | None = None
+
+    @property
+    def devices(self) -> int:
+        return self.mesh.size if self.mesh is not None else 1
+
+
+Extend = Callable[[Round, np.ndarray], "tuple[list[int], RunSettings] | None"]
+
+
+def group_vmap_width(program: Program, settings: RunSettings, n_runs: int, layout: Layout,
+                     resume: GroupState | None = None) -> tuple[int, dict]:
+    """The vmap width of a group and how it was chosen: a checkpoint's, the caller's measurement,
+    the config's, or measured here; a width chosen here is halved until it fits the device. It
+    never exceeds one device's share of the working set."""
     if resume is not None and resume.runs_per_batch:
-        per_batch, choice = resume.runs_per_batch, dict(source="checkpoint")
-    elif tuned is not None:
-        per_batch, choice = tuned
+        return resume.runs_per_batch, dict(source="checkpoint")
+    if layout.tuned is not None:
+        per_batch, choice = layout.tuned
     else:
-        per_batch, choice = tune_runs_per_batch(program, settings, per_device, runs_per_batch, tune_cache)
-    if choice.get("source") not in ("config", "checkpoint"):  # a width chosen here must fit the device
+        per_device = ceil_div(min(n_runs, layout.max_runs_per_chunk or n_runs), layout.devices)
+        per_batch, choice = tune_runs_per_batch(program, settings, per_device, layout.runs_per_batch,
+                                                layout.tune_cache)
+    if choice.get("source") not in ("config", "checkpoint"):
         fitted = fit_vmap_width(program, settings, per_batch)
         if fitted < per_batch:
             per_batch, choice = fitted, dict(choice, memory_capped_from=per_batch)
-    width = chunk_width(program, settings, per_batch, n_dev, max_runs_per_chunk)
-    per_call = evals_per_call(program.steps // program.eval_every)
-    trainer = GroupTrainer(program, settings, mesh, per_batch, per_call)
-    if resume is None:
-        slots = np.where(np.arange(width) < n_runs, np.arange(width), -1)
-        group = GroupState(trainer.start(None, slots, np.ones(width, bool)), slots, int(min(width, n_runs)), 0, width,
-                           per_batch)
-    else:
-        group = resume
-    widths, first_width, slot_steps = [len(group.slots)], group.base_width or len(group.slots), 0
-    t0, compiled_before = time.perf_counter(), trainer.compile_time
-    while True:
+    return per_batch, choice
+
+
+class GroupQueue:
+    """A group's working set and its queue of runs between rounds: refills finished slots from
+    the queue, takes runs added while training, repacks the survivors into smaller buckets once
+    the queue is empty, and grows back through the buckets when new runs arrive."""
+
+    def __init__(self, trainer: GroupTrainer, run_ids: list[int], group: GroupState, repack: bool,
+                 extend: Extend | None):
+        self.trainer, self.run_ids, self.group, self.repack, self.extend = trainer, run_ids, group, repack, extend
+        self.first_width = group.base_width or len(group.slots)
+        self.unit = trainer.runs_per_batch * trainer.devices
+        self.widths, self.slot_steps = [len(group.slots)], 0
+
+    def buckets(self) -> list[int]:
+        return bucket_sizes(self.first_width, self.unit, self.trainer.devices)
+
+    def round(self, t0: float) -> tuple[Round, np.ndarray, np.ndarray]:
+        """Train one round; returns it (real runs only), which slots finished and which are real."""
+        group, trainer = self.group, self.trainer
         states, metrics, events, step, finished = trainer.round(group)
         real = group.slots >= 0
-        slot_steps += len(group.slots) * per_call * program.eval_every
+        self.slot_steps += len(group.slots) * trainer.evals_per_round * trainer.program.eval_every
         group.states = states
-        round_ = Round(np.asarray(run_ids)[group.slots[real]], {key: v[real] for key, v in metrics.items()},
+        round_ = Round(np.asarray(self.run_ids)[group.slots[real]], {key: v[real] for key, v in metrics.items()},
                        {key: v[real] for key, v in events.items()}, int(step[real].max(initial=0)),
-                       group.run_steps, time.perf_counter() - t0, per_call)
-        added = extend(round_, finished[real]) if extend is not None else None
+                       group.run_steps, time.perf_counter() - t0, trainer.evals_per_round)
+        return round_, finished, real
+
+    def take_new_runs(self, round_: Round, finished: np.ndarray) -> None:
+        added = self.extend(round_, finished) if self.extend is not None else None
         if added:
-            run_ids += added[0]
-            settings = jax.tree.map(lambda a, b: np.concatenate([a, b]), settings, added[1])
-            trainer.settings, n_runs = settings, len(run_ids)
-        # refill finished slots from the queue, or repack the survivors into a smaller bucket
+            self.run_ids += added[0]
+            self.trainer.settings = jax.tree.map(lambda a, b: np.concatenate([a, b]), self.trainer.settings, added[1])
+
+    def schedule(self, finished: np.ndarray, real: np.ndarray) -> bool:
+        """Fill free slots from the queue, or shrink to the survivors; False once every run is done."""
         free = np.nonzero(finished | ~real)[0]
-        queued = n_runs - group.next_run
-        if repack and queued > len(free) and len(group.slots) < first_width:  # grow back for new runs
+        queued = len(self.run_ids) - self.group.next_run
+        if self.repack and queued > len(free) and len(self.group.slots) < self.first_width:  # grow back
             alive = np.nonzero(real & ~finished)[0]
-            size = next(b for b in reversed(bucket_sizes(first_width, per_batch * n_dev, n_dev))
-                        if b >= min(len(alive) + queued, first_width))
-            group = trainer.resize(group, alive, size)
-            widths.append(size)
-            free = np.nonzero(group.slots < 0)[0]
-        n_new = min(len(free), n_runs - group.next_run)
+            size = next(b for b in reversed(self.buckets()) if b >= min(len(alive) + queued, self.first_width))
+            self.group = self.trainer.resize(self.group, alive, size)
+            self.widths.append(size)
+            free = np.nonzero(self.group.slots < 0)[0]
+        n_new = min(len(free), len(self.run_ids) - self.group.next_run)
         if n_new:
-            slots, fresh = group.slots.copy(), np.zeros(len(group.slots), bool)
-            slots[free[:n_new]] = np.arange(group.next_run, group.next_run + n_new)
-            fresh[free[:n_new]] = True
-            group = GroupState(trainer.start(group.states, slots, fresh), slots, group.next_run + n_new,
-                               group.run_steps, first_width, per_batch)
-        else:
-            alive = np.nonzero(real & ~finished)[0]
-            if len(alive) == 0:
-                round_.last = True
-                on_round(round_, group)
-                break
-            smaller = [b for b in bucket_sizes(first_width, per_batch * n_dev, n_dev) if b >= len(alive)][-1]
-            if repack and smaller < len(group.slots):
-                keep = np.concatenate([alive, np.nonzero(~real | finished)[0]])[:smaller]
-                slots = np.where(np.isin(np.arange(len(group.slots)), alive), group.slots, -1)[keep]
-                moved = jax.tree.map(lambda x: x[keep], to_host(group.states))
-                group = GroupState(trainer.place(moved), slots, group.next_run, group.run_steps, first_width,
-                                   per_batch)
-                widths.append(smaller)
-        on_round(round_, group)
+            self._refill(free[:n_new])
+            return True
+        alive = np.nonzero(real & ~finished)[0]
+        if len(alive) == 0:
+            return False
+        smaller = [b for b in self.buckets() if b >= len(alive)][-1]
+        if self.repack and smaller < len(self.group.slots):
+            self._shrink(alive, finished, real, smaller)
+        return True
+
+    def _refill(self, free: np.ndarray) -> None:
+        group = self.group
+        slots, fresh = group.slots.copy(), np.zeros(len(group.slots), bool)
+        slots[free] = np.arange(group.next_run, group.next_run + len(free))
+        fresh[free] = True
+        self.group = GroupState(self.trainer.start(group.states, slots, fresh), slots, group.next_run + len(free),
+                                group.run_steps, self.first_width, self.trainer.runs_per_batch)
+
+    def _shrink(self, alive: np.ndarray, finished: np.ndarray, real: np.ndarray, size: int) -> None:
+        group = self.group
+        keep = np.concatenate([alive, np.nonzero(~real | finished)[0]])[:size]
+        slots = np.where(np.isin(np.arange(len(group.slots)), alive), group.slots, -1)[keep]
+        moved = jax.tree.map(lambda x: x[keep], to_host(group.states))
+        self.group = GroupState(self.trainer.place(moved), slots, group.next_run, group.run_steps, self.first_width,
+                                self.trainer.runs_per_batch)
+        self.widths.append(size)
+
+
+def train_group(program: Program, settings: RunSettings, run_ids: list[int],
+                on_round: Callable[[Round, GroupState], None], layout: Layout | None = None, *,
+                resume: GroupState | None = None, extend: Extend | None = None) -> GroupStats:
+    """Train every run of one group.
+
+    A finished run's slot takes the next run of the queue; once the queue is empty and few runs
+    are left, the survivors are repacked into a smaller bucket (unless ``layout.repack`` is
+    False). The host only places runs, hands each round to ``on_round`` and stops when every run
+    is finished.
+
+    Args:
+      program: the group's static part.
+      settings: the group's per-run settings, arrays [R].
+      run_ids: their global ids (results and rounds name runs by these).
+      on_round: called after each round with it and the ``GroupState`` (may checkpoint it, or
+        raise ``Stop``).
+      layout: devices, vmap width, chunking, repacking (default: one device, all measured).
+      resume: a checkpointed ``GroupState`` to continue.
+      extend: ``extend(round, finished)`` after each round may append runs to the queue (their
+        global ids and settings; same program, no recompilation); a group that had shrunk grows
+        back through its buckets to take them (an adaptive search).
+
+    Returns:
+      The group's ``GroupStats``.
+    """
+    layout = layout or Layout()
+    per_batch, choice = group_vmap_width(program, settings, len(run_ids), layout, resume)
+    trainer = GroupTrainer(program, settings, layout.mesh, per_batch, evals_per_call(program.steps // program.eval_every))
+    if resume is None:
+        width = chunk_width(program, settings, per_batch, layout.devices, layout.max_runs_per_chunk)
+        slots = np.where(np.arange(width) < len(run_ids), np.arange(width), -1)
+        resume = GroupState(trainer.start(None, slots, np.ones(width, bool)), slots, int(min(width, len(run_ids))), 0,
+                            width, per_batch)
+    queue = GroupQueue(trainer, list(run_ids), resume, layout.repack, extend)
+    t0, compiled_before = time.perf_counter(), trainer.compile_time
+    while True:
+        round_, finished, real = queue.round(t0)
+        queue.take_new_runs(round_, finished[real])
+        round_.last = not queue.schedule(finished, real)
+        on_round(round_, queue.group)
+        if round_.last:
+            break
     # buckets compiled on the way do not count as training
     train_time = time.perf_counter() - t0 - (trainer.compile_time - compiled_before)
-    return GroupStats(per_batch, widths, n_dev, trainer.compile_time, train_time, group.run_steps, slot_steps,
-                      choice)
+    return GroupStats(per_batch, queue.widths, layout.devices, trainer.compile_time, train_time,
+                      queue.group.run_steps, queue.slot_steps, choice)

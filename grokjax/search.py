@@ -30,9 +30,12 @@ import pandas as pd
 
 from grokjax.analysis import critical_value
 from grokjax.errors import SweepError
-from grokjax.experiment import build_program
-from grokjax.results import BOUNDARY_FILE
+from grokjax.experiment import build_program, run_settings
+from grokjax.options import options_from
+from grokjax.results import BOUNDARY_FILE, Results
+from grokjax.run import train_source
 from grokjax.scheduler import Round
+from grokjax.sources import Group
 from grokjax.sweep import SearchConfig, SweepConfig
 
 # a cell's result: the bracket is settled, or the criterion's side could not be bracketed
@@ -251,24 +254,76 @@ def _criterion(criterion: str, events: dict[str, np.ndarray]) -> np.ndarray:
     return diverged
 
 
+class SearchSource:
+    """The boundary search as a run source of the training loop (``grokjax.sources.RunSource``):
+    its runs are the probes made so far, added while the program trains as brackets narrow."""
+
+    def __init__(self, config: SweepConfig, n_boot: int = 1000):
+        if not isinstance(config, SweepConfig):
+            raise SweepError(f"search_boundary needs a SweepConfig (from load_sweep or sweep_from_dict), got "
+                             f"{type(config).__name__}")
+        if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
+            raise SweepError(f"n_boot must be an integer >= 1, got {n_boot!r}")
+        self.search = BoundarySearch(config)
+        self.search.start()
+        self.config, self.runs, self.n_boot = config, self.search.runs, n_boot
+
+    def groups(self, check: bool = True) -> list[Group]:
+        """One group per program, each program built for both ends of the range (the largest
+        training split it may gather)."""
+        out = []
+        for g in range(self.search.n_groups):
+            ends, ids = self.search.program_runs(g), self.search.group_run_ids(g)
+            out.append(Group(ids, build_program(ends[0], ends, check=check), run_settings([self.runs[i] for i in ids])))
+        return out
+
+    def extend(self, group: int, round_: Round, finished: np.ndarray) -> list[int]:
+        return self.search.extend(round_, finished)  # a cell's new probes stay in its group
+
+    def annotate(self, table: pd.DataFrame) -> pd.DataFrame:
+        return self.search.probe_columns(table)
+
+    def state(self) -> dict:
+        return self.search.state()
+
+    def restore(self, state: dict) -> list[list[int]]:
+        self.search.restore(state)
+        return [self.search.group_run_ids(g) for g in range(self.search.n_groups)]
+
+    def finish(self, table: pd.DataFrame) -> tuple[dict, dict[str, pd.DataFrame]]:
+        search = self.search
+        boundary = search.boundary(table, self.n_boot)
+        meta = dict(search=dict(axis=search.spec.axis, values=len(search.values), cells=len(search.cells),
+                                probes=len(search.probes), statuses=boundary["status"].value_counts().to_dict()))
+        return meta, {BOUNDARY_FILE: boundary}
+
+
 def search_boundary(config: SweepConfig, out: str | Path | None = None, progress: bool | Callable = True,
-                    sweep_text: str | None = None, n_boot: int = 1000, **kwargs):
-    """Run the ``[search]`` of ``config``; returns ``(Results, boundary)``. With ``out``, writes the
-    results folder (every run trained, with its ``probe``) and ``boundary.parquet``. ``kwargs``:
-    ``run_sweep``'s (devices, max_runs_per_chunk, checkpoint_every, resume, tune_cache, overwrite,
-    write_every_s)."""
-    from grokjax.run import run_sweep  # run imports this module for its search path
+                    sweep_text: str | None = None, n_boot: int = 1000, **options) -> Results:
+    """Run the ``[search]`` of ``config``: the critical value of its axis per cell of its grid.
 
-    return run_sweep(config, out, progress, sweep_text, search=True, n_boot=n_boot, **kwargs)
+    Args:
+      config: a sweep with a ``[search]`` section (``load_sweep`` / ``sweep_from_dict``).
+      out: results folder: every run trained (with its ``probe``) and ``boundary.parquet``.
+      progress, sweep_text: as for ``run_sweep``.
+      n_boot: bootstrap samples of each critical value's interval over seeds.
+      **options: the other fields of ``grokjax.options.SweepOptions`` (devices,
+        max_runs_per_chunk, checkpoint_every, resume, tune_cache, overwrite, write_every_s).
+
+    Returns:
+      ``Results`` whose ``.boundary`` has one row per cell: its ``by`` axes, ``critical_value``,
+      the bracket ``low``/``high``, the bootstrap interval ``ci_low``/``ci_high``, ``status``.
+
+    Raises:
+      SweepError: no ``[search]`` section, or as ``run_sweep``.
+      Interrupted: stopped by a signal after saving a checkpoint.
+
+    Example:
+      >>> results = grokjax.search_boundary(grokjax.load_sweep("sweeps/search_cpu.toml"))
+      >>> results.boundary[["weight_decay", "critical_value", "status"]]
+    """
+    source = SearchSource(config, n_boot)
+    return train_source(source, options_from(options, out=out, progress=progress, sweep_text=sweep_text))
 
 
-def search_groups(search: BoundarySearch, check: bool = True):
-    """One (program, run ids) per program group, each program built for both ends of the range."""
-    out = []
-    for g in range(search.n_groups):
-        ends = search.program_runs(g)
-        out.append((build_program(ends[0], ends, check=check), search.group_run_ids(g)))
-    return out
-
-
-__all__ = ["BoundarySearch", "lattice", "search_boundary", "BOUNDARY_FILE", "STATUSES"]
+__all__ = ["BoundarySearch", "SearchSource", "lattice", "search_boundary", "BOUNDARY_FILE", "STATUSES"]

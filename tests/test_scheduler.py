@@ -6,7 +6,7 @@ import pytest
 import grokjax
 from conftest import devices_env
 from grokjax.experiment import build_program, run_settings
-from grokjax.scheduler import evals_per_call, train_group
+from grokjax.scheduler import Layout, evals_per_call, train_group
 
 
 def test_resumed_group_keeps_its_vmap_width(sweep):
@@ -18,7 +18,7 @@ def test_resumed_group_keeps_its_vmap_width(sweep):
     rounds = []
     stats = train_group(program, settings, list(range(4)),  # the states are donated to the next round: copy
                         lambda r, gs: rounds.append(dataclasses.replace(gs, states=jax.tree.map(jnp.copy, gs.states))),
-                        runs_per_batch=4)  # the width it started with (measured or set) is not the point here
+                        Layout(runs_per_batch=4))  # the width it started with (measured or set) is not the point here
     resumed = train_group(program, settings, list(range(4)), lambda r, gs: None,
                           resume=dataclasses.replace(rounds[0], runs_per_batch=3))
     assert stats.runs_per_batch in (1, 4) and resumed.runs_per_batch == 3

@@ -13,7 +13,7 @@ from grokjax.analysis import critical_value
 from grokjax.cli import main
 from grokjax.run import run_sweep
 from grokjax.scheduler import Round
-from grokjax.search import BoundarySearch, lattice
+from grokjax.search import BoundarySearch, lattice, search_boundary
 from grokjax.sweep import SweepError, sweep_from_dict
 
 
@@ -204,10 +204,9 @@ def test_search_resumes_to_the_same_results(searched, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(config, tmp_path / "out", progress=stop_part_way, sweep_text=SWEEP, search=True,
-                  checkpoint_every=5)
-    resumed = run_sweep(config, tmp_path / "out", progress=False, sweep_text=SWEEP, search=True,
-                        checkpoint_every=5, resume=True)
+        search_boundary(config, tmp_path / "out", progress=stop_part_way, sweep_text=SWEEP, checkpoint_every=5)
+    resumed = search_boundary(config, tmp_path / "out", progress=False, sweep_text=SWEEP, checkpoint_every=5,
+                              resume=True)
     assert resumed.meta["resumed_from_checkpoint"] is not None
     full = load_results(searched / "out")
     pd.testing.assert_frame_equal(resumed.runs, full.runs)
@@ -234,7 +233,7 @@ def test_a_log_spaced_search_over_the_learning_rate_finds_where_runs_diverge():
         task=dict(p=11), model=dict(embed_dim=8, width=16), optimizer=dict(weight_decay=1.0),
         train=dict(steps=20, eval_every=10, runs_per_batch=2, progress_measures=False), grid=dict(data_fraction=[0.5]),
         search=dict(axis="lr", low=1e-3, high=1e12, resolution=10.0, seeds=2, criterion="diverge")))
-    found = run_sweep(config, progress=False, search=True, n_boot=50)
+    found = search_boundary(config, progress=False, n_boot=50)
     row = found.boundary.iloc[0]
     assert config.search.scale == "log" and row.status == "bracketed" and row.direction == "up"
     assert row.high / row.low <= 10.0 * (1 + 1e-9) and row.critical_value == row.high
