@@ -7,8 +7,12 @@ import subprocess
 # optimization of XLA's own loops (not of the matmul libraries) is off for the tests: a quarter
 # of their time. Every program of a test and every process it starts compile alike (see
 # devices_env), so what a test compares comes from one compiler setting; grokjax's commands and
-# benchmarks run at the default level.
-os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
+# benchmarks run at the default level, and so do the tests that launch the command line as a
+# user does (test_cli's quick launches) and the checkpoint invariants (test_checkpoint).
+TEST_XLA_FLAG = "--xla_backend_optimization_level=0"
+# what a user's process compiles with (pytest-xdist's workers inherit the flag from the main process)
+USER_XLA_FLAGS = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if f != TEST_XLA_FLAG)
+os.environ["XLA_FLAGS"] = f"{USER_XLA_FLAGS} {TEST_XLA_FLAG}".strip()
 
 import jax  # noqa: E402  (after XLA_FLAGS: read when the backend starts)
 import pytest
@@ -50,10 +54,17 @@ def session_cache_home(tmp_path_factory):
         os.environ["XDG_CACHE_HOME"] = before
 
 
-def devices_env(n: int) -> dict[str, str]:
-    """The environment of a child process with ``n`` CPU devices, compiling as this one does."""
-    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}".strip()
+def devices_env(n: int, as_user: bool = False) -> dict[str, str]:
+    """The environment of a child process with ``n`` CPU devices, compiling as this one does, or
+    with ``as_user`` at XLA's default optimization level, as grokjax's commands run for a user."""
+    base = USER_XLA_FLAGS if as_user else os.environ.get("XLA_FLAGS", "")
+    flags = f"{base} --xla_force_host_platform_device_count={n}".strip()
     return {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+
+
+def user_env() -> dict[str, str]:
+    """The environment of a child process that compiles as a user's (XLA's default level)."""
+    return {**os.environ, "XLA_FLAGS": USER_XLA_FLAGS}
 
 
 def cli_in_process(*args, cwd) -> subprocess.CompletedProcess:

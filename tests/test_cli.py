@@ -9,7 +9,7 @@ import sys
 
 import pandas as pd
 import pytest
-from conftest import cli_in_process
+from conftest import cli_in_process, user_env
 
 QUICK = """
 name = "tiny"
@@ -31,20 +31,21 @@ data_fraction = [0.3, 0.6]
 """
 
 
-def grokjax(*args, cwd):
+def grokjax(*args, cwd, env=None):
     # $XDG_CACHE_HOME (the compilation cache) is the session's, in tmp (conftest.py)
     return subprocess.run([sys.executable, "-m", "grokjax", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env=env)
 
 
 @pytest.fixture(scope="module")
 def quick_launches(tmp_path_factory):
     """The quick sweep launched twice in one folder with a compilation cache of its own, cold then
-    warm: first as a user runs it (progress line, default results folder), then --quiet --out b."""
+    warm: first as a user runs it (progress line, default results folder), then --quiet --out b;
+    both compile at XLA's default level, as the README's commands do."""
     cwd = tmp_path_factory.mktemp("quick")
     (cwd / "tiny.toml").write_text(QUICK)
-    first = grokjax("run", "tiny.toml", "--cache-dir", "cache", cwd=cwd)
-    second = grokjax("run", "tiny.toml", "--out", "b", "--cache-dir", "cache", "--quiet", cwd=cwd)
+    first = grokjax("run", "tiny.toml", "--cache-dir", "cache", cwd=cwd, env=user_env())
+    second = grokjax("run", "tiny.toml", "--out", "b", "--cache-dir", "cache", "--quiet", cwd=cwd, env=user_env())
     return cwd, first, second
 
 

@@ -2,9 +2,11 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -73,13 +75,22 @@ def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(tmp_path):
 
 
 def test_two_launches_at_once_one_writes_one_is_refused(tmp_path):
-    (tmp_path / "s.toml").write_text(TINY.replace("steps = 20", "steps = 200"))
-    procs = [subprocess.Popen([sys.executable, "-m", "grokjax", "run", "s.toml", "--out", "res", "--quiet"],
-                              cwd=tmp_path, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
-    codes = sorted(code for code, _ in results)
-    assert codes in ([0, 0], [0, 2]), results  # the second starts after the first ends, or is refused
-    assert all("Traceback" not in err for _, err in results)
+    # the overlap is forced: the first launch is paused (SIGSTOP) once it holds the folder's lock,
+    # the second starts while it is held, then the first continues and writes
+    (tmp_path / "s.toml").write_text(TINY)
+    command = [sys.executable, "-m", "grokjax", "run", "s.toml", "--out", "res", "--quiet"]
+    first = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    lock, t0 = tmp_path / "res" / LOCK_FILE, time.time()
+    while not lock.exists():
+        assert first.poll() is None and time.time() - t0 < 300, first.communicate()
+        time.sleep(0.01)
+    first.send_signal(signal.SIGSTOP)
+    try:
+        second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert second.returncode == 2 and "being written by another grokjax" in second.stderr, second.stderr
+    assert first.wait(timeout=300) == 0 and "Traceback" not in first.stderr.read() + second.stderr
     assert len(pd.read_parquet(tmp_path / "res" / "runs.parquet")) == 2
 
 
