@@ -72,13 +72,20 @@ def finished(tmp_path_factory):
 @pytest.fixture(params=["grid", "search"])
 def planted(request, finished, tmp_path, monkeypatch):
     """A copy of the finished folder whose sweep.toml names the trap module, which sits beside it
-    and is importable; the search variant adds a [search] section."""
+    and is importable; the search variant adds a [search] section and a boundary table (one
+    row per cell, as a search that bracketed nothing writes it)."""
     folder = tmp_path / "planted"
     shutil.copytree(finished, folder)
     (folder / "sweep.toml").write_text(PLANTED + (SEARCH if request.param == "search" else ""))
+    if request.param == "search":
+        cells = grokjax.load_results(folder).runs[["data_fraction", "weight_decay"]].drop_duplicates()
+        nan = float("nan")
+        cells.assign(critical_value=nan, low=nan, high=nan, ci_low=nan, ci_high=nan, runs=1, run_steps=20,
+                     status="holds nowhere", probes=1).to_parquet(folder / "boundary.parquet", index=False)
     (folder / f"{TRAP}.py").write_text(TRAP_SOURCE)
     monkeypatch.syspath_prepend(str(folder))
     monkeypatch.delitem(sys.modules, TRAP, raising=False)
+    resolve.cache_clear()  # a reader that resolved the trap would import it afresh, leaving its trace
     return folder
 
 
@@ -116,6 +123,8 @@ def test_cli_readers_run_nothing(planted, tmp_path):
         proc = cli_in_process(*args, cwd=tmp_path)
         assert proc.returncode == 0, (args, proc.stderr)
         assert_untouched(planted)
+        if args == ("plot", planted):  # a search's boundary figure, from the saved [search] as data
+            assert ("boundary.png" in proc.stdout) == has_search(planted)
         if args[0] == "summary" and len(args) == 2:
             assert "planted: 4 runs, complete" in proc.stdout
             assert proc.stdout.splitlines()[1].split()[:2] == (["data_fraction", "lr"] if has_search(planted)
