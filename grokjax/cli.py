@@ -15,8 +15,8 @@ import pandas as pd
 
 from grokjax.analysis import METRICS, cell_summary
 from grokjax.plots import FORMATS, default_axes, has_progress_measures, plot_results, progress_figure
-from grokjax.results import load_results
 from grokjax.options import SweepOptions
+from grokjax.results import load_results, saved_grid, saved_search
 from grokjax.run import Interrupted, enable_compilation_cache, plan, train_source
 from grokjax.search import SearchSource, lattice
 from grokjax.sources import GridSource
@@ -24,6 +24,13 @@ from grokjax.width import use_cores_as_devices
 from grokjax.sweep import SweepError, load_sweep
 
 EXIT_BAD_INPUT = 2
+# run --help and search --help say it, as the README does: naming a callable is the way in for
+# users' plug-ins, so a sweep file is trusted like a script; reading results never runs one
+SWEEP_FILE_IS_CODE = ("A sweep file is code: its task, model, optimizer and loss may name importable callables "
+                      "(package.module:attribute), which run, search, --dry-run and info FILE import and call. Run "
+                      "sweep files you trust, as you would a script. --resume continues a results folder with the "
+                      "sweep file you pass, never the folder's copy; plot and summary read a results folder as "
+                      "data and import nothing it names.")
 
 
 def _run(args) -> int:
@@ -161,15 +168,14 @@ def _summary(runs, x: str, y: str | None) -> str:
 
 
 def _axes_of(path: Path, runs) -> tuple[str | None, str | None]:
-    """Default axes of a results folder: from its sweep.toml's grid (a search: its axis against
-    its first by axis), else from the columns that vary; (None, None) for a sweep over seeds only."""
-    try:
-        config = load_sweep(path / "sweep.toml")
-        axes = _search_axes(config) if config.search is not None else default_axes(config.grid)
-    except SweepError:
-        settings = runs.columns[:runs.columns.get_loc("memorize_step")] if "memorize_step" in runs else []
-        varying = tuple((k, tuple(runs[k].unique())) for k in settings if k != "run_id" and runs[k].nunique() > 1)
-        axes = default_axes(varying)
+    """Default axes of a results folder: from its saved sweep file's grid (a search: its axis
+    against its first by axis), else from the columns that vary; (None, None) for a sweep over
+    seeds only. The sweep file is read as data: opening results never runs the code it names."""
+    search = saved_search(path, runs)
+    if search is not None:
+        axes = (search["axis"], search["by"][0]) if search["by"] else None
+    else:
+        axes = default_axes(saved_grid(path, runs))
     return axes or (None, None)
 
 
@@ -197,20 +203,12 @@ def _plot(args) -> int:
     try:
         figures = plot_results(results.runs, results.curves, out, x, y, args.metric, args.facet, args.format,
                                name=results.meta.get("name", path.name), boundary=results.boundary,
-                               search=_folder_search(path))
+                               search=saved_search(path, results.runs))
     except ValueError as e:
         return _fail(str(e))
     partial = "" if results.meta.get("complete", True) else " (sweep still running: partial results)"
     print(f"grokjax: {len(figures)} figures in {out}/{partial}: {', '.join(f.name for f in figures)}")
     return 0
-
-
-def _folder_search(path: Path) -> dict | None:
-    """The [search] of a results folder's sweep.toml (axis, by, criterion), if it has one."""
-    try:
-        return _search_info(load_sweep(path / "sweep.toml"))
-    except SweepError:
-        return None
 
 
 def _parse_cell(text: str | None) -> dict:
@@ -322,7 +320,8 @@ def _training_options(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the results of another sweep in --out (refused without it)")
     parser.add_argument("--dry-run", action="store_true",
-                        help="check the sweep file and its plug-ins, print the plan, train and write nothing")
+                        help="check the sweep file and its plug-ins (imported and built, as a run does), print the "
+                             "plan, train and write nothing")
     parser.add_argument("--cache-dir", help="persistent compilation cache (default: ~/.cache/grokjax/jax)")
     parser.add_argument("--no-cache", action="store_true", help="compile without the persistent cache")
 
@@ -330,7 +329,9 @@ def _training_options(parser: argparse.ArgumentParser, what: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grokjax", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="train every run of a sweep file and write a results folder")
+    run = sub.add_parser("run", help="train every run of a sweep file and write a results folder",
+                         description="Train every run of a sweep file and write a results folder.",
+                         epilog=SWEEP_FILE_IS_CODE)
     run.add_argument("file", help="sweep file (TOML)")
     _training_options(run, "sweep")
     run.add_argument("--distributed", action="store_true",
@@ -340,7 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--process-id", type=int, help="multi-host: this process's id (0 writes the results)")
     run.set_defaults(func=_run)
     search = sub.add_parser("search", help="find the critical value of a setting per cell ([search] section) "
-                                           "with few runs, inside one running program")
+                                           "with few runs, inside one running program",
+                            description="Find the critical value of a setting per cell of a sweep file's grid "
+                                        "([search] section) with few runs, inside one running program.",
+                            epilog=SWEEP_FILE_IS_CODE)
     search.add_argument("file", help="sweep file (TOML) with a [search] section")
     _training_options(search, "search")
     search.set_defaults(func=_run, coordinator=None, distributed=False, num_processes=None, process_id=None)
@@ -371,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, help="steps timed per run (default 50; quick: W1 50, W2 and W3 20, W4 10)")
     bench.set_defaults(func=_bench)
     info = sub.add_parser("info", help="versions, devices, tasks and every sweep setting")
-    info.add_argument("file", nargs="?", help="a sweep file: also list the settings of its plug-ins")
+    info.add_argument("file", nargs="?", help="a sweep file: also list the settings of its plug-ins (imported and "
+                                              "built, as a run does)")
     info.set_defaults(func=_info)
     return parser
 

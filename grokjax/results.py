@@ -12,7 +12,7 @@ import pandas as pd
 
 from grokjax.metrics import CURVE_METRICS, NEVER, classify_phases
 from grokjax.errors import SweepError
-from grokjax.sweep import SweepConfig
+from grokjax.sweep import FIELDS, PLUGIN_SECTIONS, SweepConfig, _axis_key, _flatten, read_sweep_file
 
 RUNS_FILE, CURVES_FILE, META_FILE, SWEEP_FILE = "runs.parquet", "curves.parquet", "meta.json", "sweep.toml"
 BOUNDARY_FILE = "boundary.parquet"
@@ -169,4 +169,126 @@ def load_results(path: str | Path) -> Results:
     return Results(tables[0], tables[1], meta, boundary)
 
 
-__all__ = ["Results", "load_results", "write_results", "runs_table", "curves_table"]
+# ---------------------------------------------------------------------------------------------
+# The saved sweep file as data. A results folder may come from anyone; reading it must never run
+# the code its sweep file names (only ``run`` and ``search`` do, on a file the user chose), so
+# every reader takes names, axes and the search from here, never from ``load_sweep``.
+
+
+def saved_sweep(path: str | Path) -> dict:
+    """The sweep file a results folder keeps (``sweep.toml``), as plain TOML data: nothing it
+    names is imported or called, and nothing is validated.
+
+    Args:
+        path: the results folder.
+    Returns:
+        The parsed tables; ``{}`` for a folder without a sweep file (results made from Python
+        without ``sweep_text``).
+    Raises:
+        SweepError: the sweep file cannot be read or is not valid TOML.
+    """
+    file = Path(path) / SWEEP_FILE
+    return read_sweep_file(file) if file.is_file() else {}
+
+
+def column_of(key: str, columns) -> str | None:
+    """The runs.parquet column a setting of a sweep file (a ``[grid]`` key, ``search.axis``) is
+    stored under, found without importing plug-ins: an engine setting by its short name
+    (``optimizer.lr`` -> ``lr``, ``task.name`` -> ``task``); a plug-in's setting by its key where
+    a column has that name, else ``section.key`` (the two forms ``runs_table`` writes).
+
+    Args:
+        key: the setting as the sweep file names it.
+        columns: the columns of the runs table.
+    Returns:
+        The column's name, or None where no column holds the setting.
+    """
+    columns = set(columns)
+    short = _axis_key(key)
+    section, _, rest = key.partition(".")
+    if short in FIELDS:
+        candidates = [short]
+    elif rest in FIELDS:  # an engine setting under another section's name: not a setting
+        candidates = []
+    elif section in PLUGIN_SECTIONS and rest:
+        candidates = [key, rest]  # section.key where two plug-ins share the key, else key
+    else:
+        candidates = [key]
+    return next((c for c in candidates if c in columns), None)
+
+
+def varying_settings(runs: pd.DataFrame) -> tuple[tuple[str, tuple], ...]:
+    """The settings columns of a runs table (before ``memorize_step``) that take more than one
+    value, as a grid: ((column, values), ...) in column order."""
+    settings = runs.columns[:runs.columns.get_loc("memorize_step")] if "memorize_step" in runs else []
+    return tuple((k, tuple(runs[k].unique())) for k in settings if k != "run_id" and runs[k].nunique() > 1)
+
+
+def _grid_of(sweep: dict, columns) -> tuple[tuple[str, tuple], ...] | None:
+    """A saved sweep's [grid] by column names, in file order; None where a key maps to no column
+    or an axis is not a list."""
+    table = sweep.get("grid", {})
+    if not isinstance(table, dict):
+        return None
+    grid = []
+    for key, values in _flatten(table):
+        column = column_of(key, columns)
+        if column is None or not isinstance(values, list):
+            return None
+        grid.append((column, tuple(values)))
+    return tuple(grid)
+
+
+def saved_grid(path: str | Path, runs: pd.DataFrame) -> tuple[tuple[str, tuple], ...]:
+    """The grid of a results folder, read as data: its saved sweep file's ``[grid]`` in file
+    order, each axis under its runs.parquet column name, for a reader's default axes.
+
+    Args:
+        path: the results folder.
+        runs: its runs table (``load_results(path).runs``).
+    Returns:
+        ((column, values), ...). Where the folder keeps no readable sweep file, or a grid key no
+        column holds: the settings columns that vary (``varying_settings``).
+    """
+    try:
+        sweep = saved_sweep(path)
+    except SweepError:
+        sweep = {}
+    grid = _grid_of(sweep, runs.columns) if sweep else None
+    return grid if grid is not None else varying_settings(runs)
+
+
+def saved_search(path: str | Path, runs: pd.DataFrame) -> dict | None:
+    """The ``[search]`` of a results folder's saved sweep file, read as data: its axis, ``by``
+    axes (default: every grid axis) and criterion, by runs.parquet column names.
+
+    Args:
+        path: the results folder.
+        runs: its runs table.
+    Returns:
+        dict(axis=..., by=[...], criterion=...), or None for a folder without a readable sweep
+        file, without a ``[search]``, or one whose axes name no column.
+    """
+    try:
+        sweep = saved_sweep(path)
+    except SweepError:
+        return None
+    table = sweep.get("search")
+    if not isinstance(table, dict) or not isinstance(table.get("axis"), str):
+        return None
+    axis = column_of(table["axis"], runs.columns)
+    by = table.get("by")
+    if by is None:
+        grid = _grid_of(sweep, runs.columns)
+        by = [k for k, _ in grid] if grid is not None else None
+    else:
+        by = [by] if isinstance(by, str) else by
+        by = [column_of(b, runs.columns) if isinstance(b, str) else None for b in by] if isinstance(by, list) else None
+    criterion = table.get("criterion", "grok")
+    if axis is None or by is None or None in by or not isinstance(criterion, str):
+        return None
+    return dict(axis=axis, by=by, criterion=criterion)
+
+
+__all__ = ["Results", "load_results", "write_results", "runs_table", "curves_table", "saved_sweep", "saved_grid",
+           "saved_search", "column_of", "varying_settings"]

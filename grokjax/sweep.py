@@ -360,12 +360,7 @@ def load_sweep(path: str | Path) -> SweepConfig:
     path = Path(path)
     if not path.is_file():
         raise SweepError(f"sweep file not found: {path}")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise SweepError(f"{path}: TOML syntax error: {e}") from None
-    except UnicodeDecodeError:
-        raise SweepError(f"{path}: not a text (UTF-8) TOML file") from None
+    raw = read_sweep_file(path)
     if not any(key in raw for key in (*SECTIONS, "grid")):
         raise SweepError(f"{path}: the sweep file sets nothing (no [task], [model], [optimizer], [train], [events] "
                          f"or [grid]); say what to train, e.g. [task] name = \"add\" (grokjax info lists every setting)")
@@ -377,6 +372,30 @@ def load_sweep(path: str | Path) -> SweepConfig:
         return sweep_from_dict(raw)
     except SweepError as e:
         raise SweepError(f"{path}: {e}") from None
+
+
+def read_sweep_file(path: Path) -> dict[str, Any]:
+    """A sweep file as plain TOML data: parsed only, so nothing it names is imported or called
+    (readers of a results folder use this; ``load_sweep`` validates on top of it).
+
+    Args:
+        path: the TOML file.
+    Returns:
+        The parsed tables, as ``tomllib`` gives them.
+    Raises:
+        SweepError: the file cannot be read, is not UTF-8 text, or is not valid TOML.
+    """
+    try:
+        # utf-8-sig: Windows editors may save a byte-order mark, which TOML itself refuses; text
+        # mode, so that any line ending reads as one
+        raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+    except tomllib.TOMLDecodeError as e:
+        raise SweepError(f"{path}: TOML syntax error: {e}") from None
+    except UnicodeDecodeError:
+        raise SweepError(f"{path}: not a text (UTF-8) TOML file") from None
+    except OSError as e:
+        raise SweepError(f"{path}: cannot be read ({e.strerror or e})") from None
+    return raw
 
 
 def sweep_from_dict(raw: dict[str, Any]) -> SweepConfig:
@@ -710,4 +729,5 @@ def describe_settings() -> list[dict]:
     return rows
 
 
-__all__ = ["SweepConfig", "SearchConfig", "SweepError", "load_sweep", "sweep_from_dict", "describe_settings", "describe_tasks"]
+__all__ = ["SweepConfig", "SearchConfig", "SweepError", "load_sweep", "read_sweep_file", "sweep_from_dict",
+           "describe_settings", "describe_tasks"]

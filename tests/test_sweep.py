@@ -1,7 +1,8 @@
 
 import pytest
 
-from grokjax.sweep import FIELDS, PER_RUN_FIELDS, SweepError, describe_settings, load_sweep, sweep_from_dict
+from grokjax.sweep import (FIELDS, PER_RUN_FIELDS, SweepError, describe_settings, load_sweep, read_sweep_file,
+                           sweep_from_dict)
 
 ISSUE_EXAMPLE = """
 name = "quickstart"
@@ -35,6 +36,18 @@ def test_issue_example_loads_and_expands(tmp_path):
     assert [(r.train.seed, r.task.data_fraction, r.optimizer.weight_decay) for r in runs[:3]] == [
         (0, 0.3, 0.1), (0, 0.3, 1.0), (0, 0.5, 0.1)]
     assert len({r.static_key() for r in runs}) == 1  # one compiled program
+
+
+def test_a_byte_order_mark_reads_as_the_same_file(tmp_path):
+    """Windows editors may save UTF-8 with a byte-order mark (and CRLF line ends)."""
+    plain, marked = tmp_path / "plain.toml", tmp_path / "marked.toml"
+    plain.write_text(ISSUE_EXAMPLE)
+    marked.write_bytes(b"\xef\xbb\xbf" + ISSUE_EXAMPLE.replace("\n", "\r\n").encode())
+    assert read_sweep_file(marked) == read_sweep_file(plain)
+    assert load_sweep(marked) == load_sweep(plain)
+    marked.write_bytes(b"\xef\xbb\xbf\xff[task]\n")  # still refused when it is not UTF-8 after the mark
+    with pytest.raises(SweepError, match="not a text"):
+        load_sweep(marked)
 
 
 def test_shape_axes_make_groups():
