@@ -76,15 +76,37 @@ def holds(runs: pd.DataFrame, criterion: str = "grok") -> pd.Series:
 
 
 def critical_value(runs: pd.DataFrame, axis: str, by=(), criterion: str = "grok", direction: str = "up",
-                   majority: float = 0.5, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+                   majority: float = 0.5, n_boot: int = 1000, **interval) -> pd.DataFrame:
     """For each combination of the ``by`` columns: the value of ``axis`` nearest the boundary where
-    more than ``majority`` of the runs meet ``criterion``: the smallest such value for direction
-    ``up`` (it holds above the boundary), the largest for ``down``; and a bootstrap interval
-    (``ci_low``, ``ci_high``) from resampling the runs (seeds) of every value. NaN where no value
-    qualifies (in a bootstrap sample: counted as beyond the range, so the interval's far end is
-    NaN when that happens often)."""
+    more than ``majority`` of the runs meet ``criterion``, with a bootstrap interval.
+
+    Args:
+      runs: a runs table (``runs.parquet``).
+      axis: the column whose critical value is sought (``data_fraction``, ``lr``, ...).
+      by: columns with one critical value per combination of their values.
+      criterion: ``grok``, ``memorize`` or ``diverge`` (see ``holds``).
+      direction: ``up``: the criterion holds above the boundary (the smallest such value is
+        returned); ``down``: below it (the largest).
+      majority: share of a value's runs that must meet the criterion.
+      n_boot: bootstrap samples; each resamples the runs (seeds) of every value.
+      **interval: ``level`` of the interval (0.95) and ``seed`` of the resampling (0).
+
+    Returns:
+      One row per combination: the ``by`` columns, ``critical_value``, ``ci_low``, ``ci_high``,
+      ``runs``, ``seeds_per_value``. NaN where no value qualifies (in a bootstrap sample: counted
+      as beyond the range, so the interval's far end is NaN when that happens often).
+
+    Raises:
+      ValueError: an unknown direction, criterion or interval setting.
+
+    Example:
+      >>> analysis.critical_value(runs, "lr", by=["weight_decay"], criterion="diverge")
+    """
     if direction not in ("up", "down"):
         raise ValueError(f"direction must be up or down, got {direction!r}")
+    if set(interval) - {"level", "seed"}:
+        raise ValueError(f"critical_value takes level and seed besides its arguments, got {sorted(interval)}")
+    level, seed = interval.get("level", 0.95), interval.get("seed", 0)
     rng = np.random.default_rng(seed)
     by = [by] if isinstance(by, str) else list(by or ())
     df = runs.assign(_holds=holds(runs, criterion).to_numpy())
@@ -119,7 +141,7 @@ def critical_fraction(runs: pd.DataFrame, by: str | None = "weight_decay", fract
     the runs (seeds) of every cell (``critical_value`` with direction up). NaN where no fraction
     qualifies (in a bootstrap sample: counted as above the largest fraction, so the upper bound is
     NaN when that happens often)."""
-    table = critical_value(runs, fraction, [by] if by else [], "grok", "up", majority, n_boot, level, seed)
+    table = critical_value(runs, fraction, [by] if by else [], "grok", "up", majority, n_boot, level=level, seed=seed)
     return table.rename(columns={"critical_value": "critical_fraction", "ci_low": "low", "ci_high": "high",
                                  "seeds_per_value": "seeds_per_cell"})
 

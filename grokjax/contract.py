@@ -14,26 +14,47 @@ from typing import Any, Callable
 
 import numpy as np
 
+from grokjax.errors import SweepError
 from grokjax.experiment import build_program
 from grokjax.sweep import sweep_from_dict
+
+
+CHECK_DEFAULTS = dict(data_fraction=0.5, lr=1e-3, steps=4, seeds=3, atol=3e-3)
 
 
 def check_plugins(task: str | Callable = "add", model: str | Callable = "mlp", loss: str | Callable = "cross_entropy",
                   optimizer: str | Callable = "adamw", *, task_settings: dict[str, Any] | None = None,
                   model_settings: dict[str, Any] | None = None, optimizer_settings: dict[str, Any] | None = None,
-                  data_fraction: float = 0.5, lr: float = 1e-3, steps: int = 4, seeds: int = 3,
-                  atol: float = 3e-3) -> dict:
-    """Check plug-ins against the engine's contract; raises ``SweepError`` for bad settings or
-    shapes and ``AssertionError`` naming what failed. Returns one grid run's final metrics.
+                  **check: float) -> dict:
+    """Check plug-ins against the engine's contract, through the engine's own path.
 
     Args:
       task, model, loss, optimizer: names (built-in or ``package.module:attribute``) or callables.
       task_settings, model_settings, optimizer_settings: their keyword arguments.
-      data_fraction, lr: the engine's settings for the check.
-      steps: steps each run trains (evaluated every step).
-      seeds: runs in the grid (one vmap of all of them), each compared with the run alone.
-      atol: tolerance of "follows the same curve" (batched kernels round differently).
+      **check: the check's own settings: ``data_fraction`` (0.5) and ``lr`` (1e-3) of its runs,
+        ``steps`` each run trains, evaluated every step (4), ``seeds``: runs in the grid, one vmap
+        of all of them, each compared with the run alone (3), ``atol``: tolerance of "follows
+        the same curve" (3e-3: batched kernels round differently).
+
+    Returns:
+      The final metrics of grid run 0 (losses, accuracies, norms, progress measures).
+
+    Raises:
+      SweepError: bad settings or shapes, a plug-in that raises while traced, an unknown check
+        setting.
+      AssertionError: naming what failed: a first step that is not finite, an evaluation that is
+        not finite, a run in the grid that differs from the run alone.
+
+    Example:
+      >>> grokjax.check_plugins(task="my_grokking:modular_sum", model="my_grokking:bag_mlp",
+      ...                       task_settings=dict(p=11, k=2), model_settings=dict(width=32))
     """
+    unknown = set(check) - set(CHECK_DEFAULTS)
+    if unknown:
+        raise SweepError(f"check_plugins: unknown setting {sorted(unknown)[0]!r}; settings: "
+                         f"{', '.join(CHECK_DEFAULTS)}")
+    c = {**CHECK_DEFAULTS, **check}
+    data_fraction, lr, steps, seeds, atol = (c[k] for k in CHECK_DEFAULTS)
     from grokjax.run import run_sweep
 
     raw = dict(name="contract", task=dict(name=task, data_fraction=data_fraction, **(task_settings or {})),

@@ -45,13 +45,22 @@ def test_no_module_is_too_long():
     assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"
 
 
+def plugin_factories() -> set[tuple[str, str]]:
+    """(module, function) of the built-in plug-ins: their keyword arguments are sweep settings
+    (``[model] d_model = 256``), the contract sweep files rely on, not arguments passed by hand."""
+    from grokjax.plugins import BUILTINS, resolve
+
+    fns = (resolve(kind, name) for kind, names in BUILTINS.items() for name in names)
+    return {(fn.__module__.rsplit(".", 1)[-1], fn.__name__) for fn in fns if hasattr(fn, "__name__")}
+
+
 def test_no_function_is_too_long_or_takes_too_many_parameters():
-    long, wide = [], []
+    long, wide, factories = [], [], plugin_factories()
     for name, tree in modules().items():
         for fn in functions(tree):
             if fn.end_lineno - fn.lineno + 1 > MAX_FUNCTION_LINES:
                 long.append(f"{name}.{fn.name} ({fn.end_lineno - fn.lineno + 1} lines)")
-            if parameters(fn) > MAX_PARAMETERS:
+            if parameters(fn) > MAX_PARAMETERS and (name, fn.name) not in factories:
                 wide.append(f"{name}.{fn.name} ({parameters(fn)} parameters)")
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
     assert not wide, f"functions over {MAX_PARAMETERS} parameters: {wide}"
