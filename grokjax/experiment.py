@@ -15,7 +15,8 @@ from grokjax.models import MATMUL_PRECISION, PRECISIONS
 from grokjax.plugins import SETTING_OF, build_task, call_factory, resolve
 from grokjax.program import Program, RunSettings, train_size
 from grokjax.progress import measures_for
-from grokjax.sweep import FIELDS, SweepConfig
+from grokjax.schema import FIELDS
+from grokjax.sweep_config import SweepConfig
 
 
 def build_program(config: SweepConfig, runs: list[SweepConfig] | None = None, check: bool = True) -> Program:

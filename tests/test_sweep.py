@@ -1,6 +1,7 @@
 
 import pytest
 
+from grokjax.results import run_columns
 from grokjax.sweep import FIELDS, PER_RUN_FIELDS, SweepError, describe_settings, load_sweep, sweep_from_dict
 
 ISSUE_EXAMPLE = """
@@ -165,7 +166,7 @@ def test_plugin_settings_read_like_fields_with_their_defaults():
     assert config.get("optimizer.b1") == 0.95 and config.replace(b1=0.9).optimizer.b1 == 0.9
     with pytest.raises(SweepError, match="unknown setting 'stepz'.*did you mean 'steps'"):
         config.replace(stepz=3)
-    columns = config.columns()
+    columns = run_columns(config)
     assert columns["width"] == 64 and columns["b1"] == 0.95 and columns["optimizer"] == "lion"
 
 
