@@ -15,7 +15,7 @@ from grokjax.models import MATMUL_PRECISION, PRECISIONS
 from grokjax.plugins import SETTING_OF, build_task, call_factory, resolve
 from grokjax.program import Program, RunSettings, train_size
 from grokjax.progress import measures_for
-from grokjax.schema import FIELDS
+from grokjax.schema import FIELDS, PER_RUN_DTYPES
 from grokjax.sweep_config import SweepConfig
 
 
@@ -51,20 +51,20 @@ def build_program(config: SweepConfig, runs: list[SweepConfig] | None = None, ch
 
 
 def run_settings(runs: list[SweepConfig]) -> RunSettings:
-    """The per-run settings of a group as arrays [R] (float32; seeds and step counts int32)."""
-    return RunSettings(
-        seed=np.array([r.train.seed for r in runs], np.int32),
-        data_fraction=np.array([r.task.data_fraction for r in runs], np.float32),
-        init_scale=np.array([r.model.init_scale for r in runs], np.float32),
-        lr=np.array([r.optimizer.lr for r in runs], np.float32),
-        warmup_steps=np.array([r.optimizer.warmup_steps for r in runs], np.int32),
-        decay_steps=np.array([r.optimizer.decay_steps for r in runs], np.int32),
-        optimizer={k: np.array([r.optimizer_per_run()[k] for r in runs], np.float32)
-                   for k in runs[0].optimizer_per_run()},
-        label_noise=np.array([r.task.label_noise for r in runs], np.float32),
-        grokfast_alpha=np.array([r.optimizer.grokfast_alpha for r in runs], np.float32),
-        grokfast_lamb=np.array([r.optimizer.resolved("grokfast_lamb") for r in runs], np.float32),
-        fixed_norm=np.array([r.optimizer.fixed_norm for r in runs], np.float32))
+    """The per-run settings of a group as arrays ``[R]``.
+
+    Args:
+      runs: the group's runs, in slot order.
+
+    Returns:
+      ``RunSettings``: each field of the schema marked ``per_run`` in its ``PER_RUN_DTYPES``
+      dtype (int32 or float32, as the program uses it, defaults resolved), and the optimizer's
+      float settings (float32) as ``optimizer``.
+    """
+    values = [r.per_run_values() for r in runs]
+    engine = {k: np.array([v[k] for v in values], dtype) for k, dtype in PER_RUN_DTYPES.items()}
+    optimizer = {k: np.array([r.optimizer_per_run()[k] for r in runs], np.float32) for k in runs[0].optimizer_per_run()}
+    return RunSettings(**engine, optimizer=optimizer)
 
 
 def one_run(settings: RunSettings, i: int = 0) -> RunSettings:
