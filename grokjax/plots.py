@@ -1,21 +1,22 @@
 """Figures from a results folder (matplotlib, no display needed). Every number drawn comes
-from ``grokjax.analysis``, so a notebook gets the same values as the figures."""
+from ``grokjax.analysis``, so a notebook gets the same values as the figures.
+
+Figures are ``matplotlib.figure.Figure`` objects drawn and saved without pyplot, so importing this
+module leaves matplotlib's backend (a notebook's inline one, say) as the user chose it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
-from matplotlib.patches import Patch, Rectangle  # noqa: E402
-
-from grokjax.analysis import cell_summary, critical_fraction, holds, phase_shares  # noqa: E402
-from grokjax.metrics import PHASES  # noqa: E402
+from grokjax.analysis import cell_summary, critical_fraction, holds, phase_shares
+from grokjax.metrics import PHASES
 
 PHASE_COLORS = {"comprehension": "#4daf4a", "grokking": "#377eb8", "memorization": "#ff7f00",
                 "confusion": "#999999", "diverged": "#e41a1c"}
@@ -154,14 +155,13 @@ def _facets(runs: pd.DataFrame, facet: str | None):
 
 
 def _subplots(n: int, cell_w: float, cell_h: float):
-    fig, axes = plt.subplots(1, n, figsize=(cell_w * n + 1.2, cell_h), constrained_layout=True, squeeze=False)
-    return fig, axes[0]
+    fig = Figure(figsize=(cell_w * n + 1.2, cell_h), constrained_layout=True)
+    return fig, fig.subplots(1, n, squeeze=False)[0]
 
 
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=150)
-    plt.close(fig)
     return path
 
 
@@ -242,7 +242,7 @@ def learning_curves(runs: pd.DataFrame, curves: pd.DataFrame, path, x: str | Non
         ax.set_title(label, fontsize=8.5)
     if cells:
         handles, labels = axes[0].get_legend_handles_labels()
-        handles.append(plt.Line2D([], [], ls=":", color="0.3", lw=1.5))
+        handles.append(Line2D([], [], ls=":", color="0.3", lw=1.5))
         axes[0].legend(handles, labels + ["param norm (right)"], fontsize=7, loc="center left")
     fig.suptitle(title or "learning curves of a typical cell per phase", fontsize=10)
     return _save(fig, Path(path))
@@ -322,7 +322,8 @@ def critical_fraction_plot(runs: pd.DataFrame, path, by: str = "weight_decay", t
     """Smallest data fraction at which most runs grok, per value of ``by``, with bootstrap
     intervals over seeds. Values where no fraction qualifies are marked at the top."""
     table = critical_fraction(runs, by)
-    fig, ax = plt.subplots(figsize=(4.8, 3.4), constrained_layout=True)
+    fig = Figure(figsize=(4.8, 3.4), constrained_layout=True)
+    ax = fig.subplots()
     ok = table["critical_fraction"].notna()
     low = (table["critical_fraction"] - table["low"]).where(ok, 0)
     high = (table["high"] - table["critical_fraction"]).where(table["high"].notna() & ok, 0)
@@ -352,7 +353,8 @@ def boundary_figure(runs: pd.DataFrame, boundary: pd.DataFrame, path, axis: str,
     labelled with how many seeds met it), the critical value a black diamond with its bootstrap
     interval over seeds, the final bracket a grey band."""
     labels = [", ".join(f"{b} {_fmt(row[b])}" for b in by) or "all runs" for row in boundary.to_dict("records")]
-    fig, ax = plt.subplots(figsize=(6.8, 1.5 + 0.55 * len(boundary)), constrained_layout=True)
+    fig = Figure(figsize=(6.8, 1.5 + 0.55 * len(boundary)), constrained_layout=True)
+    ax = fig.subplots()
     values = sorted(runs[axis].unique())
     if _spans_decades(values):
         ax.set_xscale("log")

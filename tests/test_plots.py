@@ -108,3 +108,24 @@ def test_progress_figure_draws_the_recorded_measures_of_one_cell(tmp_path):
             select_cell(runs, bad, None, None)
     paths = plot_results(runs, curves, tmp_path, "data_fraction", "weight_decay")
     assert paths[-1].name == "progress.png"
+
+
+IMPORTS_LEAVE_MATPLOTLIB_ALONE = """
+import sys
+import matplotlib
+import grokjax, grokjax.cli, grokjax.plots
+print(matplotlib.rcParams._get_backend_or_none(), "matplotlib.pyplot" in sys.modules)
+"""
+
+
+def test_importing_grokjax_leaves_matplotlibs_backend_alone():
+    """A notebook's backend stays its own: grokjax draws on Figure objects, without pyplot."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    proc = subprocess.run([sys.executable, "-c", IMPORTS_LEAVE_MATPLOTLIB_ALONE], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["None", "False"]
