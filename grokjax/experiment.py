@@ -24,8 +24,7 @@ def build_program(config: SweepConfig, runs: list[SweepConfig] | None = None, ch
     full-batch step gathers. With ``check``, the plug-ins are traced once (see ``check_program``)."""
     t, m, o, tr, ev = config.task, config.model, config.optimizer, config.train, config.events
     task = build_task(t.name, t.settings)
-    if tr.precision == "float64" and not jax.config.jax_enable_x64:
-        jax.config.update("jax_enable_x64", True)  # float64 arrays need JAX's 64-bit mode (process-wide)
+    use_precision_mode(tr.precision)
     model_fn = resolve("model", m.name)
     precision = {}
     if tr.precision in ("bfloat16", "float64"):
@@ -65,6 +64,30 @@ def run_settings(runs: list[SweepConfig]) -> RunSettings:
     engine = {k: np.array([v[k] for v in values], dtype) for k, dtype in PER_RUN_DTYPES.items()}
     optimizer = {k: np.array([r.optimizer_per_run()[k] for r in runs], np.float32) for k in runs[0].optimizer_per_run()}
     return RunSettings(**engine, optimizer=optimizer)
+
+
+def use_precision_mode(precision: str) -> None:
+    """Set JAX up for a program of ``train.precision = precision``, or refuse.
+
+    float64 needs JAX's 64-bit mode, and JAX holds that mode for the whole process: arrays made
+    outside a program (states, checkpoints, the host's selections) follow it too. So a float64
+    program turns it on for the process, and a program of another precision refuses to build
+    once it is on: its random draws and defaults would be 64-bit, other numbers than the same
+    sweep gives in a fresh process.
+
+    Args:
+      precision: one of ``schema.TrainConfig.precision``'s choices.
+
+    Raises:
+      SweepError: a 32-bit program in a process whose 64-bit mode is on.
+    """
+    if precision == "float64":
+        if not jax.config.jax_enable_x64:
+            jax.config.update("jax_enable_x64", True)
+    elif jax.config.jax_enable_x64:
+        raise SweepError(f"train.precision = {precision!r}, but JAX's 64-bit mode is on in this process (a float64 "
+                         f"sweep ran before, or jax_enable_x64 was set), which would change this program's numbers; "
+                         f"run it in another process, or use train.precision = 'float64'")
 
 
 def one_run(settings: RunSettings, i: int = 0) -> RunSettings:

@@ -195,10 +195,19 @@ def _flatten(table: dict, prefix: str = ""):
 def _check_consistency(config: SweepConfig) -> None:
     """Checks that involve several settings, over every group of the grid: each plug-in is built
     once with its settings (a factory refuses bad values), the task's table exists, shapes agree."""
+    _check_one_precision_mode(config)
     static_axes = [(k, v) for k, v in config.grid if k not in config.per_run_keys()]
     for combo in itertools.product(*(v for _, v in static_axes)):
         group = config.replace(**{k: x for (k, _), x in zip(static_axes, combo)})
         _check_group(config, group)
+
+
+def _check_one_precision_mode(config: SweepConfig) -> None:
+    precisions = set(dict(config.grid).get("precision", (config.train.precision,)))
+    if "float64" in precisions and len(precisions) > 1:  # see experiment.use_precision_mode
+        raise SweepError(f"grid.precision mixes float64 with {', '.join(sorted(precisions - {'float64'}))}: "
+                         f"float64 needs JAX's 64-bit mode, which holds for the whole process and changes "
+                         f"the other precisions' programs; sweep float64 in a sweep file of its own")
 
 
 def _check_group(config: SweepConfig, c: SweepConfig) -> None:

@@ -211,3 +211,11 @@ def test_run_settings_are_the_schemas_per_run_fields_and_the_optimizers_floats()
     assert settings.grokfast_lamb.tolist() == [2.0] * 8  # -1 resolved: the EMA filter's default
     assert settings.optimizer.keys() == runs[0].optimizer_per_run().keys() == {"weight_decay"}  # the ones set
     assert settings.optimizer["weight_decay"].dtype == np.float32
+
+
+def test_a_grid_that_mixes_float64_with_other_precisions_is_refused():
+    """float64 needs JAX's 64-bit mode, which holds for the whole process."""
+    with pytest.raises(SweepError, match="grid.precision mixes float64 with float32"):
+        sweep_from_dict(dict(grid=dict(precision=["float32", "float64"])))
+    assert sweep_from_dict(dict(grid=dict(precision=["float64"]))).runs()[0].train.precision == "float64"
+    assert len(sweep_from_dict(dict(grid=dict(precision=["float32", "bfloat16"]))).runs()) == 2
