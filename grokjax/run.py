@@ -28,7 +28,7 @@ from grokjax.program import RUN_AXIS, Program, RunSettings, vmap_width
 from grokjax.results import Results, concat_parts, curves_table, runs_table, write_results
 from grokjax.scheduler import GroupState, Round, Stop, abstract_states, train_group
 from grokjax.search import BoundarySearch, search_groups
-from grokjax.width import CORES_AS_DEVICES, choose_layout
+from grokjax.width import choose_layout, cores_as_devices
 from grokjax.sweep import SweepConfig, SweepError
 
 _PACKAGES = ("grokjax", "jax", "jaxlib", "flax", "optax", "numpy", "pandas", "pyarrow")
@@ -407,7 +407,7 @@ def _saved_mesh(meta: dict, mesh: Mesh | None) -> Mesh | None:
 
 def auto_layout_available() -> bool:
     """Whether groups choose their layout: grokjax made one CPU device per core (a single process)."""
-    return bool(CORES_AS_DEVICES) and jax.default_backend() == "cpu" and jax.process_count() == 1 \
+    return cores_as_devices() > 0 and jax.default_backend() == "cpu" and jax.process_count() == 1 \
         and len(jax.devices()) > 1
 
 
