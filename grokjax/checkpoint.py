@@ -15,14 +15,38 @@ from typing import Any
 import numpy as np
 import orbax.checkpoint as ocp
 
-from grokjax.sweep import SweepConfig, SweepError
+from grokjax.errors import SweepError
+from grokjax.schema import SECTIONS, SearchConfig, engine_fields
+from grokjax.sweep_config import SweepConfig
 
 ITEMS = ("state", "host", "meta")
 
 
+def config_flat(config: SweepConfig) -> dict[str, Any]:
+    """Every setting that decides results (not the name or description), by dotted name:
+    ``section.key`` for the engine's fields and the plug-ins' settings, ``grid.<axis>``,
+    ``search.<key>``."""
+    out = {}
+    for section in SECTIONS:
+        part = getattr(config, section)
+        out.update({f"{section}.{f.name}": getattr(part, f.name) for f in engine_fields(type(part))})
+        out.update({f"{section}.{k}": v for k, v in getattr(part, "settings", ())})
+    out.update({f"grid.{k}": list(v) for k, v in config.grid})
+    if config.search is not None:
+        out.update({f"search.{f.name}": getattr(config.search, f.name) for f in dataclasses.fields(SearchConfig)})
+    return out
+
+
 def config_fingerprint(config: SweepConfig) -> dict[str, Any]:
-    """The settings that decide results (not the name or description), flattened to dotted keys."""
-    return json.loads(json.dumps(config.flat(), default=list))
+    """What a checkpoint compares with the sweep that resumes it.
+
+    Args:
+      config: the sweep.
+
+    Returns:
+      ``config_flat`` as JSON gives it back (tuples as lists), as meta.json stores it.
+    """
+    return json.loads(json.dumps(config_flat(config), default=list))
 
 
 def describe_changes(saved: dict, current: dict) -> list[str]:

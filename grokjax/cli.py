@@ -5,6 +5,7 @@ lists tasks, settings and devices."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -99,8 +100,7 @@ def _report(config, results, out: Path, quiet: bool) -> None:
     tables = "runs.parquet, curves.parquet, meta.json" + (", boundary.parquet" if search else "")
     print(f"grokjax: results in {out}/ ({tables})", file=sys.stderr)
     axes = _search_axes(config) if search else default_axes(config.grid)
-    figures = plot_results(runs, results.curves, out / "figures", *(axes or (None, None)), name=config.name,
-                           boundary=results.boundary, search=_search_info(config))
+    figures = plot_results(results, out / "figures", *(axes or (None, None)), search=_search_info(config))
     print(f"grokjax: figures in {out / 'figures'}/ ({', '.join(f.name for f in figures)})", file=sys.stderr)
     if search:
         print(_boundary_text(results.boundary))
@@ -201,8 +201,8 @@ def _plot(args) -> int:
     if args.progress or args.cell:
         return _progress_plot(args, path, results, out, x, y)
     try:
-        figures = plot_results(results.runs, results.curves, out, x, y, args.metric, args.facet, args.format,
-                               name=results.meta.get("name", path.name), boundary=results.boundary,
+        named = dataclasses.replace(results, meta={"name": path.name, **results.meta})
+        figures = plot_results(named, out, x, y, args.metric, args.facet, args.format,
                                search=saved_search(path, results.runs))
     except ValueError as e:
         return _fail(str(e))

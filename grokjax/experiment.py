@@ -15,7 +15,8 @@ from grokjax.models import MATMUL_PRECISION, PRECISIONS
 from grokjax.plugins import SETTING_OF, build_task, call_factory, resolve
 from grokjax.program import Program, RunSettings, train_size
 from grokjax.progress import measures_for
-from grokjax.sweep import FIELDS, SweepConfig
+from grokjax.schema import FIELDS, PER_RUN_DTYPES
+from grokjax.sweep_config import SweepConfig
 
 
 def build_program(config: SweepConfig, runs: list[SweepConfig] | None = None, check: bool = True) -> Program:
@@ -23,8 +24,7 @@ def build_program(config: SweepConfig, runs: list[SweepConfig] | None = None, ch
     full-batch step gathers. With ``check``, the plug-ins are traced once (see ``check_program``)."""
     t, m, o, tr, ev = config.task, config.model, config.optimizer, config.train, config.events
     task = build_task(t.name, t.settings)
-    if tr.precision == "float64" and not jax.config.jax_enable_x64:
-        jax.config.update("jax_enable_x64", True)  # float64 arrays need JAX's 64-bit mode (process-wide)
+    use_precision_mode(tr.precision)
     model_fn = resolve("model", m.name)
     precision = {}
     if tr.precision in ("bfloat16", "float64"):
@@ -50,20 +50,44 @@ def build_program(config: SweepConfig, runs: list[SweepConfig] | None = None, ch
 
 
 def run_settings(runs: list[SweepConfig]) -> RunSettings:
-    """The per-run settings of a group as arrays [R] (float32; seeds and step counts int32)."""
-    return RunSettings(
-        seed=np.array([r.train.seed for r in runs], np.int32),
-        data_fraction=np.array([r.task.data_fraction for r in runs], np.float32),
-        init_scale=np.array([r.model.init_scale for r in runs], np.float32),
-        lr=np.array([r.optimizer.lr for r in runs], np.float32),
-        warmup_steps=np.array([r.optimizer.warmup_steps for r in runs], np.int32),
-        decay_steps=np.array([r.optimizer.decay_steps for r in runs], np.int32),
-        optimizer={k: np.array([r.optimizer_per_run()[k] for r in runs], np.float32)
-                   for k in runs[0].optimizer_per_run()},
-        label_noise=np.array([r.task.label_noise for r in runs], np.float32),
-        grokfast_alpha=np.array([r.optimizer.grokfast_alpha for r in runs], np.float32),
-        grokfast_lamb=np.array([r.optimizer.resolved("grokfast_lamb") for r in runs], np.float32),
-        fixed_norm=np.array([r.optimizer.fixed_norm for r in runs], np.float32))
+    """The per-run settings of a group as arrays ``[R]``.
+
+    Args:
+      runs: the group's runs, in slot order.
+
+    Returns:
+      ``RunSettings``: each field of the schema marked ``per_run`` in its ``PER_RUN_DTYPES``
+      dtype (int32 or float32, as the program uses it, defaults resolved), and the optimizer's
+      float settings (float32) as ``optimizer``.
+    """
+    values = [r.per_run_values() for r in runs]
+    engine = {k: np.array([v[k] for v in values], dtype) for k, dtype in PER_RUN_DTYPES.items()}
+    optimizer = {k: np.array([r.optimizer_per_run()[k] for r in runs], np.float32) for k in runs[0].optimizer_per_run()}
+    return RunSettings(**engine, optimizer=optimizer)
+
+
+def use_precision_mode(precision: str) -> None:
+    """Set JAX up for a program of ``train.precision = precision``, or refuse.
+
+    float64 needs JAX's 64-bit mode, and JAX holds that mode for the whole process: arrays made
+    outside a program (states, checkpoints, the host's selections) follow it too. So a float64
+    program turns it on for the process, and a program of another precision refuses to build
+    once it is on: its random draws and defaults would be 64-bit, other numbers than the same
+    sweep gives in a fresh process.
+
+    Args:
+      precision: one of ``schema.TrainConfig.precision``'s choices.
+
+    Raises:
+      SweepError: a 32-bit program in a process whose 64-bit mode is on.
+    """
+    if precision == "float64":
+        if not jax.config.jax_enable_x64:
+            jax.config.update("jax_enable_x64", True)
+    elif jax.config.jax_enable_x64:
+        raise SweepError(f"train.precision = {precision!r}, but JAX's 64-bit mode is on in this process (a float64 "
+                         f"sweep ran before, or jax_enable_x64 was set), which would change this program's numbers; "
+                         f"run it in another process, or use train.precision = 'float64'")
 
 
 def one_run(settings: RunSettings, i: int = 0) -> RunSettings:

@@ -1,21 +1,23 @@
 """Figures from a results folder (matplotlib, no display needed). Every number drawn comes
-from ``grokjax.analysis``, so a notebook gets the same values as the figures."""
+from ``grokjax.analysis``, so a notebook gets the same values as the figures.
+
+Figures are ``matplotlib.figure.Figure`` objects drawn and saved without pyplot, so importing this
+module leaves matplotlib's backend (a notebook's inline one, say) as the user chose it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
-from matplotlib.patches import Patch, Rectangle  # noqa: E402
-
-from grokjax.analysis import cell_summary, critical_fraction, holds, phase_shares  # noqa: E402
-from grokjax.metrics import PHASES  # noqa: E402
+from grokjax.analysis import cell_summary, critical_fraction, holds, phase_shares
+from grokjax.metrics import PHASES
+from grokjax.results import Results
 
 PHASE_COLORS = {"comprehension": "#4daf4a", "grokking": "#377eb8", "memorization": "#ff7f00",
                 "confusion": "#999999", "diverged": "#e41a1c"}
@@ -154,14 +156,13 @@ def _facets(runs: pd.DataFrame, facet: str | None):
 
 
 def _subplots(n: int, cell_w: float, cell_h: float):
-    fig, axes = plt.subplots(1, n, figsize=(cell_w * n + 1.2, cell_h), constrained_layout=True, squeeze=False)
-    return fig, axes[0]
+    fig = Figure(figsize=(cell_w * n + 1.2, cell_h), constrained_layout=True)
+    return fig, fig.subplots(1, n, squeeze=False)[0]
 
 
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=150)
-    plt.close(fig)
     return path
 
 
@@ -242,7 +243,7 @@ def learning_curves(runs: pd.DataFrame, curves: pd.DataFrame, path, x: str | Non
         ax.set_title(label, fontsize=8.5)
     if cells:
         handles, labels = axes[0].get_legend_handles_labels()
-        handles.append(plt.Line2D([], [], ls=":", color="0.3", lw=1.5))
+        handles.append(Line2D([], [], ls=":", color="0.3", lw=1.5))
         axes[0].legend(handles, labels + ["param norm (right)"], fontsize=7, loc="center left")
     fig.suptitle(title or "learning curves of a typical cell per phase", fontsize=10)
     return _save(fig, Path(path))
@@ -322,7 +323,8 @@ def critical_fraction_plot(runs: pd.DataFrame, path, by: str = "weight_decay", t
     """Smallest data fraction at which most runs grok, per value of ``by``, with bootstrap
     intervals over seeds. Values where no fraction qualifies are marked at the top."""
     table = critical_fraction(runs, by)
-    fig, ax = plt.subplots(figsize=(4.8, 3.4), constrained_layout=True)
+    fig = Figure(figsize=(4.8, 3.4), constrained_layout=True)
+    ax = fig.subplots()
     ok = table["critical_fraction"].notna()
     low = (table["critical_fraction"] - table["low"]).where(ok, 0)
     high = (table["high"] - table["critical_fraction"]).where(table["high"].notna() & ok, 0)
@@ -352,7 +354,8 @@ def boundary_figure(runs: pd.DataFrame, boundary: pd.DataFrame, path, axis: str,
     labelled with how many seeds met it), the critical value a black diamond with its bootstrap
     interval over seeds, the final bracket a grey band."""
     labels = [", ".join(f"{b} {_fmt(row[b])}" for b in by) or "all runs" for row in boundary.to_dict("records")]
-    fig, ax = plt.subplots(figsize=(6.8, 1.5 + 0.55 * len(boundary)), constrained_layout=True)
+    fig = Figure(figsize=(6.8, 1.5 + 0.55 * len(boundary)), constrained_layout=True)
+    ax = fig.subplots()
     values = sorted(runs[axis].unique())
     if _spans_decades(values):
         ax.set_xscale("log")
@@ -389,20 +392,37 @@ def boundary_figure(runs: pd.DataFrame, boundary: pd.DataFrame, path, axis: str,
     return _save(fig, Path(path))
 
 
-def plot_results(runs: pd.DataFrame, curves: pd.DataFrame, out_dir, x: str | None, y: str | None,
-                 metric: str = "grok_step", facet: str | None = None, fmt: str = "png", name: str = "",
-                 boundary: pd.DataFrame | None = None, search: dict | None = None) -> list[Path]:
-    """Every figure for a results table into ``out_dir``; returns the paths written. Without two
-    axes (a sweep over seeds only) just the learning curves, one panel per phase. A search's
-    ``boundary`` (with ``search``: its axis and by axes) adds ``boundary.<fmt>``."""
+def plot_results(results: Results, out_dir, x: str | None = None, y: str | None = None, metric: str = "grok_step",
+                 facet: str | None = None, fmt: str = "png", search: dict | None = None) -> list[Path]:
+    """Every figure of a sweep's tables into ``out_dir``.
+
+    Args:
+      results: the tables (``load_results``, ``run_sweep``); ``meta["name"]`` titles the figures.
+      out_dir: the folder (made if missing).
+      x, y: the phase diagram's axes (columns of ``results.runs``); without both (a sweep over
+        seeds only) just the learning curves, one panel per phase.
+      metric: the heatmap's value (``analysis.METRICS``).
+      facet: one panel per value of this column; other axes are aggregated.
+      fmt: png, svg or pdf.
+      search: a search's ``axis``, ``by`` axes and ``criterion``: with ``results.boundary``,
+        adds ``boundary.<fmt>``.
+
+    Returns:
+      The paths written.
+
+    Raises:
+      ValueError: an unknown format or metric, an axis that is not a column.
+    """
+    runs, curves, name = results.runs, results.curves, results.meta.get("name", "")
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if boundary is not None and search is not None:
+    if results.boundary is not None and search is not None:
         prefix = f"{name}: " if name else ""
-        path = boundary_figure(runs, boundary, Path(out_dir) / f"boundary.{fmt}", search["axis"], search["by"],
-                               search.get("criterion", "grok"), f"{prefix}critical {search['axis'].replace('_', ' ')} per cell (filled: criterion "
+        path = boundary_figure(runs, results.boundary, Path(out_dir) / f"boundary.{fmt}", search["axis"],
+                               search["by"], search.get("criterion", "grok"),
+                               f"{prefix}critical {search['axis'].replace('_', ' ')} per cell (filled: criterion "
                                f"held for most seeds)")
-        return [path, *plot_results(runs, curves, out_dir, x, y, metric, facet, fmt, name)]
+        return [path, *plot_results(results, out_dir, x, y, metric, facet, fmt)]
     for axis in (x, y):
         if axis is not None and axis not in runs:
             raise ValueError(f"axis '{axis}' is not a column of runs.parquet")

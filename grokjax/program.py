@@ -30,6 +30,7 @@ from grokjax.metrics import EventRule, Events, evaluate, update_events, weighted
 from grokjax.models import init_params
 from grokjax.optim import lr_schedule, make_optimizer
 from grokjax.progress import Measures, measure
+from grokjax.schema import PER_RUN_DTYPES
 from grokjax.tasks import Task
 
 RUN_AXIS = "runs"
@@ -38,21 +39,18 @@ RUN_AXIS = "runs"
 _SPLIT, _INIT, _BATCH, _NOISE = 0, 1, 2, 3
 
 
-@struct.dataclass
-class RunSettings:
-    """What differs between the runs of a group: scalars for one run, arrays [R] for a group."""
+def _run_settings_class() -> type:
+    """``RunSettings`` from the schema: one field per setting marked ``per_run`` (in schema
+    order), and ``optimizer``, the optimizer factory's float keyword arguments by name."""
+    fields = {k: jax.Array for k in PER_RUN_DTYPES} | {"optimizer": dict[str, jax.Array]}
+    doc = ("What differs between the runs of a group: scalars for one run, arrays [R] for a group. Its fields are "
+           f"the schema's per-run settings ({', '.join(PER_RUN_DTYPES)}: int32 or float32, as schema.PER_RUN_DTYPES "
+           "says) and ``optimizer``, a dict of the optimizer factory's float keyword arguments.")
+    return struct.dataclass(type("RunSettings", (), {"__annotations__": fields, "__doc__": doc,
+                                                      "__module__": __name__, "__qualname__": "RunSettings"}))
 
-    seed: jax.Array  # int32: the run's split, initialization and batches
-    data_fraction: jax.Array
-    init_scale: jax.Array
-    lr: jax.Array
-    warmup_steps: jax.Array  # int32
-    decay_steps: jax.Array  # int32
-    optimizer: dict[str, jax.Array]  # the optimizer factory's float keyword arguments
-    label_noise: jax.Array  # fraction of the training labels replaced by wrong classes
-    grokfast_alpha: jax.Array
-    grokfast_lamb: jax.Array
-    fixed_norm: jax.Array  # 0: off, else the parameters' norm as a multiple of the initial one
+
+RunSettings = _run_settings_class()
 
 
 @struct.dataclass

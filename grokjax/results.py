@@ -12,7 +12,10 @@ import pandas as pd
 
 from grokjax.metrics import CURVE_METRICS, NEVER, classify_phases
 from grokjax.errors import SweepError
-from grokjax.sweep import FIELDS, PLUGIN_SECTIONS, SweepConfig, _axis_key, _flatten, read_sweep_file
+from grokjax.plugins import resolve, scalar_defaults
+from grokjax.schema import FIELDS, PLUGIN_SECTIONS
+from grokjax.sweep_config import SweepConfig, axis_key
+from grokjax.sweep_file import flatten, read_sweep_file
 
 RUNS_FILE, CURVES_FILE, META_FILE, SWEEP_FILE = "runs.parquet", "curves.parquet", "meta.json", "sweep.toml"
 BOUNDARY_FILE = "boundary.parquet"
@@ -80,13 +83,35 @@ def measure_columns(curves: pd.DataFrame) -> list[str]:
     return [c for c in curves.columns if c not in ("run_id", "step")]
 
 
+def run_columns(run: SweepConfig) -> dict:
+    """One run's settings as its row of ``runs.parquet``.
+
+    Args:
+      run: one run of a sweep (an element of ``SweepConfig.runs()``).
+
+    Returns:
+      Column -> value: the plug-ins' names and the loss, the engine's per-run settings as the
+      program uses them, then every plug-in setting (set or default) by its short name
+      (``section.key`` where two plug-ins take the same key).
+    """
+    out = {"task": run.task.name, "model": run.model.name, "optimizer": run.optimizer.name, "loss": run.train.loss}
+    out.update(run.per_run_values())
+    plugin = run.plugin_keys()
+    for section in PLUGIN_SECTIONS:
+        part = getattr(run, section)
+        values = {**scalar_defaults(section, resolve(section, part.name)), **dict(part.settings)}
+        for key, value in values.items():
+            out.setdefault(key if key in plugin else f"{section}.{key}", value)
+    return out
+
+
 def runs_table(config: SweepConfig, run_ids, runs: list[SweepConfig], events: dict[str, np.ndarray],
                curves: pd.DataFrame) -> pd.DataFrame:
     """One row per run: its settings (plug-in names, per-run settings, every plug-in setting),
     events, phase and final metrics (last evaluation it trained). ``runs`` and the ``events``
     arrays are aligned with ``run_ids``."""
     df = pd.DataFrame({"run_id": np.asarray(run_ids, dtype=np.int64)})
-    rows = [r.columns() for r in runs]
+    rows = [run_columns(r) for r in runs]
     for key in dict.fromkeys(k for row in rows for k in row):  # plug-ins of a name axis may differ
         df[key] = [row.get(key) for row in rows]
     for key, _ in config.grid:  # static axes from [train] (steps, batch_size, ...)
@@ -204,7 +229,7 @@ def column_of(key: str, columns) -> str | None:
         The column's name, or None where no column holds the setting.
     """
     columns = set(columns)
-    short = _axis_key(key)
+    short = axis_key(key)
     section, _, rest = key.partition(".")
     if short in FIELDS:
         candidates = [short]
@@ -231,7 +256,7 @@ def _grid_of(sweep: dict, columns) -> tuple[tuple[str, tuple], ...] | None:
     if not isinstance(table, dict):
         return None
     grid = []
-    for key, values in _flatten(table):
+    for key, values in flatten(table):
         column = column_of(key, columns)
         if column is None or not isinstance(values, list):
             return None

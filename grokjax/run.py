@@ -39,7 +39,7 @@ from grokjax.results import BOUNDARY_FILE, Results, write_results
 from grokjax.scheduler import GroupState, GroupStats, Layout, Round, Stop, abstract_states, train_group
 from grokjax.sources import Group, GridSource, RunSource
 from grokjax.sweep import SweepConfig, SweepError
-from grokjax.width import CORES_AS_DEVICES, choose_layout
+from grokjax.width import choose_layout, cores_as_devices
 
 _PACKAGES = ("grokjax", "jax", "jaxlib", "flax", "optax", "numpy", "pandas", "pyarrow")
 
@@ -346,7 +346,7 @@ def _saved_mesh(meta: dict, mesh: Mesh | None) -> Mesh | None:
 
 def auto_layout_available() -> bool:
     """Whether groups choose their layout: grokjax made one CPU device per core (a single process)."""
-    return bool(CORES_AS_DEVICES) and jax.default_backend() == "cpu" and jax.process_count() == 1 \
+    return cores_as_devices() > 0 and jax.default_backend() == "cpu" and jax.process_count() == 1 \
         and len(jax.devices()) > 1
 
 

@@ -11,6 +11,7 @@ measured, remembered on disk, and recorded in meta.json.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import json
 import os
@@ -27,28 +28,44 @@ from jax.sharding import PartitionSpec as P
 from grokjax.program import RUN_AXIS, Program, RunSettings, RunState, over_runs
 
 _MEASURED: dict[str, dict[str, float]] = {}  # run-steps/s per vmap width, measured in this process
-CORES_AS_DEVICES: list[int] = []  # set by use_cores_as_devices: the CPU devices grokjax made, one per core
+
+
+@dataclasses.dataclass(frozen=True)
+class _CoreDevices:
+    count: int = 0  # the CPU devices grokjax made for this process, one per core (0: none)
+
+
+_made = _CoreDevices()  # replaced once, by use_cores_as_devices
 
 
 def use_cores_as_devices() -> int:
     """Make one CPU device per core (``jax_num_cpu_devices``), so that a group can run several
     runs side by side, one per core, when that measures faster than one device using every core.
-    Only before JAX's backends start, and only where nothing else chose the count (``XLA_FLAGS``'s
-    ``--xla_force_host_platform_device_count``, ``JAX_NUM_CPU_DEVICES``); returns the devices
-    made (0: none)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        from jax._src import xla_bridge
 
-        started = xla_bridge.backends_are_initialized()
-    except (ImportError, AttributeError):  # a JAX without it: leave the devices alone
+    Only before JAX's backends start, and only where nothing else chose the count (``XLA_FLAGS``'s
+    ``--xla_force_host_platform_device_count``, ``JAX_NUM_CPU_DEVICES``, an earlier
+    ``jax.config.update``).
+
+    Returns:
+      The devices made (0: none); ``cores_as_devices`` tells later whether it made them.
+    """
+    global _made
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if (cores < 2 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+            or jax.config.jax_num_cpu_devices != -1):
         return 0
-    if (cores < 2 or started or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
-            or jax.config.jax_num_cpu_devices != -1 or CORES_AS_DEVICES):
+    try:
+        jax.config.update("jax_num_cpu_devices", cores)
+    except RuntimeError:  # JAX raises it once its backends have started: the devices are set
         return 0
-    jax.config.update("jax_num_cpu_devices", cores)
-    CORES_AS_DEVICES.append(cores)
+    _made = _CoreDevices(cores)
     return cores
+
+
+def cores_as_devices() -> int:
+    """The CPU devices ``use_cores_as_devices`` made for this process, one per core (0: it made
+    none, and the devices are as the user or JAX chose them)."""
+    return _made.count if _made.count and jax.config.jax_num_cpu_devices == _made.count else 0
 
 
 def tune_runs_per_batch(program: Program, settings: RunSettings, per_device: int, requested: int = 0,

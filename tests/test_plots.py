@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from grokjax.analysis import cell_summary
+from grokjax.results import Results
 from grokjax.plots import default_axes, draw_metric_map, draw_phase_map, plot_results, progress_figure, select_cell
 from tests.test_analysis import curve, synthetic_runs
 
@@ -42,7 +43,7 @@ def test_phase_map_labels_and_legend():
 @pytest.mark.parametrize("fmt", ["png", "svg", "pdf"])
 def test_all_figures_are_written(tmp_path, fmt):
     runs = synthetic_runs()
-    paths = plot_results(runs, synthetic_curves(runs), tmp_path, "data_fraction", "weight_decay", fmt=fmt)
+    paths = plot_results(Results(runs, synthetic_curves(runs), {}), tmp_path, "data_fraction", "weight_decay", fmt=fmt)
     assert [p.name for p in paths] == [f"{n}.{fmt}" for n in
                                        ("phase_diagram", "phase_map", "learning_curves", "critical_fraction")]
     for p in paths:
@@ -58,10 +59,10 @@ def test_facets_metrics_and_a_half_finished_sweep(tmp_path):
     runs["lr"] = np.where(runs.seed < 2, 1e-3, 1e-2)
     curves = synthetic_curves(runs)
     for metric in ("grok_delay", "memorize_step", "final_test_acc"):
-        plot_results(runs, curves, tmp_path / metric, "data_fraction", "weight_decay", metric=metric, facet="lr")
+        plot_results(Results(runs, curves, {}), tmp_path / metric, "data_fraction", "weight_decay", metric=metric, facet="lr")
     partial = runs[runs.weight_decay < 5]  # a sweep that has not reached its last cells
     partial = partial[~((partial.weight_decay == 1.0) & (partial.data_fraction > 0.5))]
-    paths = plot_results(partial, curves[curves.run_id.isin(partial.run_id)], tmp_path / "p", "data_fraction",
+    paths = plot_results(Results(partial, curves[curves.run_id.isin(partial.run_id)], {}), tmp_path / "p", "data_fraction",
                          "weight_decay")
     assert len(paths) == 4
 
@@ -69,9 +70,9 @@ def test_facets_metrics_and_a_half_finished_sweep(tmp_path):
 def test_bad_options():
     runs = synthetic_runs()
     with pytest.raises(ValueError, match="format"):
-        plot_results(runs, synthetic_curves(runs), "/tmp", "data_fraction", "weight_decay", fmt="jpg")
+        plot_results(Results(runs, synthetic_curves(runs), {}), "/tmp", "data_fraction", "weight_decay", fmt="jpg")
     with pytest.raises(ValueError, match="not a column"):
-        plot_results(runs, synthetic_curves(runs), "/tmp", "width", "weight_decay")
+        plot_results(Results(runs, synthetic_curves(runs), {}), "/tmp", "width", "weight_decay")
 
 
 def test_default_axes():
@@ -85,7 +86,7 @@ def test_categorical_axis(tmp_path):
     runs = synthetic_runs()
     runs["task"] = np.where(runs.weight_decay == 1.0, "add", "div")
     assert default_axes((("task", ("add", "div")), ("data_fraction", (0.3, 0.5)))) == ("data_fraction", "task")
-    paths = plot_results(runs, synthetic_curves(runs), tmp_path, "data_fraction", "task")
+    paths = plot_results(Results(runs, synthetic_curves(runs), {}), tmp_path, "data_fraction", "task")
     assert len(paths) == 4
 
 
@@ -106,5 +107,26 @@ def test_progress_figure_draws_the_recorded_measures_of_one_cell(tmp_path):
     for bad, match in (({"widht": 1}, "not a column"), ({"seed": 99}, "no run has")):
         with pytest.raises(ValueError, match=match):
             select_cell(runs, bad, None, None)
-    paths = plot_results(runs, curves, tmp_path, "data_fraction", "weight_decay")
+    paths = plot_results(Results(runs, curves, {}), tmp_path, "data_fraction", "weight_decay")
     assert paths[-1].name == "progress.png"
+
+
+IMPORTS_LEAVE_MATPLOTLIB_ALONE = """
+import sys
+import matplotlib
+import grokjax, grokjax.cli, grokjax.plots
+print(matplotlib.rcParams._get_backend_or_none(), "matplotlib.pyplot" in sys.modules)
+"""
+
+
+def test_importing_grokjax_leaves_matplotlibs_backend_alone():
+    """A notebook's backend stays its own: grokjax draws on Figure objects, without pyplot."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    proc = subprocess.run([sys.executable, "-c", IMPORTS_LEAVE_MATPLOTLIB_ALONE], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["None", "False"]

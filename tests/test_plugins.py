@@ -184,3 +184,21 @@ def test_the_examples_sweep_loads_its_own_package_and_trains():
     results = grokjax.run_sweep(short, progress=False)
     assert len(results.runs) == 9 and len(results.meta["groups"]) == 1
     assert results.runs.final_train_loss.notna().all()
+
+
+def test_a_sweep_files_folder_is_on_the_python_path_only_while_it_loads(tmp_path):
+    """Plug-ins beside a sweep file import by name while it loads; the path is not kept, and a
+    later look-up finds the modules imported then."""
+    import sys
+
+    from grokjax.experiment import build_program
+    from grokjax.plugins import resolve
+
+    (tmp_path / "beside_the_sweep_file.py").write_text(
+        "from grokjax.tasks import BUILTIN_TASKS\n\n\ndef task(p: int = 7):\n    return BUILTIN_TASKS['add'](p=p)\n")
+    (tmp_path / "s.toml").write_text('[task]\nname = "beside_the_sweep_file:task"\np = 11\n[train]\nsteps = 10\n')
+    before = list(sys.path)
+    config = grokjax.load_sweep(tmp_path / "s.toml")
+    assert sys.path == before and str(tmp_path) not in sys.path
+    resolve.cache_clear()  # as register() does: the next look-up imports by name again
+    assert build_program(config, check=False).task.size == 11 * 11

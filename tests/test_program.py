@@ -161,6 +161,12 @@ r = grokjax.run_sweep(make_sweep(train=dict(steps=20, eval_every=10, precision="
 from grokjax.experiment import build_program, one_run, run_settings
 config = make_sweep(train=dict(precision="float64"))
 state = build_program(config).init_run(one_run(run_settings([config])))
+try:  # 64-bit mode is on for the process now: a float32 program would compute other numbers
+    build_program(make_sweep())
+except grokjax.SweepError as e:
+    assert "64-bit mode is on in this process" in str(e), e
+else:
+    raise AssertionError("a float32 program was built in 64-bit mode")
 print(sorted({{str(w.dtype) for w in jax.tree.leaves(state.params)}}), r.runs.final_train_loss.iloc[0])
 """
 

@@ -14,7 +14,7 @@ from conftest import cli_in_process, make_sweep
 import grokjax
 from grokjax.folder import describe
 from grokjax.plugins import resolve
-from grokjax.results import column_of, saved_grid, saved_search, saved_sweep, varying_settings
+from grokjax.results import column_of, run_columns, saved_grid, saved_search, saved_sweep, varying_settings
 
 TRAP = "tests_trace_module"
 TRAP_SOURCE = '''
@@ -169,10 +169,10 @@ def test_grid_and_search_read_as_load_sweep_names_them(file, tmp_path):
     """For the repository's sweep files, the data reading names each grid axis and the search as
     the validated sweep does (the columns are those runs_table writes for its runs)."""
     config = grokjax.load_sweep(file)
-    columns = set(config.columns()) | {k for k, _ in config.grid}
+    columns = set(run_columns(config)) | {k for k, _ in config.grid}
     for key, values in config.grid:
         if key in ("task", "model", "optimizer"):  # a name axis: each plug-in's settings
-            columns |= {c for v in values for c in config.replace(**{key: v}).columns()}
+            columns |= {c for v in values for c in run_columns(config.replace(**{key: v}))}
     (tmp_path / "sweep.toml").write_bytes(file.read_bytes())
     runs = pd.DataFrame(columns=sorted(columns))
     assert [(k, len(v)) for k, v in saved_grid(tmp_path, runs)] == [(k, len(v)) for k, v in config.grid]

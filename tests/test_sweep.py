@@ -1,6 +1,7 @@
 
 import pytest
 
+from grokjax.results import run_columns
 from grokjax.sweep import (FIELDS, PER_RUN_FIELDS, SweepError, describe_settings, load_sweep, read_sweep_file,
                            sweep_from_dict)
 
@@ -178,7 +179,7 @@ def test_plugin_settings_read_like_fields_with_their_defaults():
     assert config.get("optimizer.b1") == 0.95 and config.replace(b1=0.9).optimizer.b1 == 0.9
     with pytest.raises(SweepError, match="unknown setting 'stepz'.*did you mean 'steps'"):
         config.replace(stepz=3)
-    columns = config.columns()
+    columns = run_columns(config)
     assert columns["width"] == 64 and columns["b1"] == 0.95 and columns["optimizer"] == "lion"
 
 
@@ -198,3 +199,36 @@ def test_every_shipped_sweep_file_is_valid():
     for path in files:
         config = load_sweep(path)
         assert config.name == path.stem and config.runs()
+
+
+def test_run_settings_are_the_schemas_per_run_fields_and_the_optimizers_floats():
+    """A setting marked per_run in the schema is a field of RunSettings and an array of
+    run_settings, in the dtype its type says, with nothing else to edit."""
+    import dataclasses
+
+    import numpy as np
+
+    from grokjax.experiment import run_settings
+    from grokjax.program import RunSettings
+
+    assert [f.name for f in dataclasses.fields(RunSettings)] == [*PER_RUN_FIELDS, "optimizer"]
+    config = sweep_from_dict(dict(optimizer=dict(grokfast="ema", weight_decay=0.5),
+                                  grid=dict(seed=[1, 2], warmup_steps=[0, 5], lr=[1e-3, 0.1])))
+    runs = config.runs()
+    settings = run_settings(runs)
+    for key in PER_RUN_FIELDS:
+        dtype = {"int": np.int32, "float": np.float32}[FIELDS[key][1].type]
+        assert getattr(settings, key).dtype == dtype, key
+        assert getattr(settings, key).tolist() == np.array([r.get(key) for r in runs], dtype).tolist() or \
+            key == "grokfast_lamb", key
+    assert settings.grokfast_lamb.tolist() == [2.0] * 8  # -1 resolved: the EMA filter's default
+    assert settings.optimizer.keys() == runs[0].optimizer_per_run().keys() == {"weight_decay"}  # the ones set
+    assert settings.optimizer["weight_decay"].dtype == np.float32
+
+
+def test_a_grid_that_mixes_float64_with_other_precisions_is_refused():
+    """float64 needs JAX's 64-bit mode, which holds for the whole process."""
+    with pytest.raises(SweepError, match="grid.precision mixes float64 with float32"):
+        sweep_from_dict(dict(grid=dict(precision=["float32", "float64"])))
+    assert sweep_from_dict(dict(grid=dict(precision=["float64"]))).runs()[0].train.precision == "float64"
+    assert len(sweep_from_dict(dict(grid=dict(precision=["float32", "bfloat16"]))).runs()) == 2
