@@ -253,9 +253,9 @@ def _criterion(criterion: str, events: dict[str, np.ndarray]) -> np.ndarray:
 
 def search_boundary(config: SweepConfig, out: str | Path | None = None, progress: bool | Callable = True,
                     sweep_text: str | None = None, n_boot: int = 1000, **kwargs):
-    """Run the ``[search]`` of ``config``; returns ``(Results, boundary)``. With ``out``, writes the
-    results folder (every run trained, with its ``probe``) and ``boundary.parquet``. ``kwargs``:
-    ``run_sweep``'s (devices, max_runs_per_chunk, checkpoint_every, resume, tune_cache, overwrite,
+    """Run the ``[search]`` of ``config``; returns its ``Results``, the critical values per cell in
+    ``.boundary``. With ``out``, writes the results folder (every run trained, with its ``probe``)
+    and ``boundary.parquet``. ``kwargs``: ``run_sweep``'s (devices, max_runs_per_chunk, checkpoint_every, resume, tune_cache, overwrite,
     write_every_s)."""
     from grokjax.run import run_sweep  # run imports this module for its search path
 
