@@ -42,12 +42,12 @@ WORKLOADS = {
                model=dict(name="transformer", n_layers=1, d_model=128, n_heads=4, d_mlp=512, layer_norm=False),
                batch_size=0),
 }
-# Grid sizes and timed steps per workload: --quick is sized for a 2-core CPU (3 min 37 s on an
-# Intel with AMX, 2026-11-27; 9 min 44 s on an AMD EPYC, 2026-11-30, most of it compiling and
-# the PyTorch baselines; W1 is cheap enough to reach the 256 runs its loop comparison asks for),
-# the default for a GPU. Every implementation evaluates once on the whole table per timed window
-# (eval_every = steps). A CPU without bf16 matmul units runs PyTorch's bf16 autocast 15-30x
-# slower than float32, so --quick times one run of it rather than two.
+# Grid sizes and timed steps per workload: --quick is sized for a 2-core CPU (minutes, most of it
+# compiling and the PyTorch baselines; W1 is cheap enough to reach the 256 runs its loop
+# comparison asks for; the benchmarks page has its times), the default for a GPU. Every
+# implementation evaluates once on the whole table per timed window (eval_every = steps). A CPU
+# without bf16 matmul units runs PyTorch's bf16 autocast many times slower than float32, so
+# --quick times one run of it rather than two.
 QUICK = dict(runs=dict(W1=[1, 16, 256], W2=[1, 16], W3=[1, 16], W4=[1, 16]),
              steps=dict(W1=50, W2=20, W3=20, W4=10), loop_runs=2, bf16_runs=1, ensemble_runs=[16])
 FULL = dict(runs={w: [1, 16, 64, 256, 1024] for w in WORKLOADS}, steps={w: 50 for w in WORKLOADS}, loop_runs=4,

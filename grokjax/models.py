@@ -4,22 +4,22 @@ Both read ``k`` tokens ``[B, k]`` and return logits ``[B, n_classes]``; the MLP 
 features ``[B, d]``. The factories ``mlp`` and ``transformer`` are the built-in models behind
 ``[model] name``: ``fn(n_symbols, n_classes, **settings) -> flax.linen.Module``, the contract any
 model of a user's follows (``dtype`` and ``param_dtype``, when a factory takes them, come from
-``train.precision``). Each does less work than its textbook form for the same function:
+``train.precision``). Each does less work than its textbook form for the same function, because
+a grid trains many small runs whose steps are dominated by a few matmuls and passes over
+activations (the measured effect of each is on the documentation's benchmarks page):
 - the MLP's first layer over the concatenated embeddings is a sum of per-position tables
   (``E @ W1[i]``, each vocab x width) gathered per example; its kernel is stored
-  ``[embed, position, width]`` so all tables are one matmul without transposes (W1 +28 %,
-  W2 +20 % run-steps/s on this CPU against ``[operand, embed, width]``);
+  ``[embed, position, width]`` so all tables are one matmul without transposes;
 - the transformer reads only the last position, so its last layer computes queries, the
   attention output and the MLP at that position only; attention over its few positions is
-  unrolled per (query, key) pair with per-head sums as one small matmul (forward 25 % faster on
-  this CPU than batched per-head matmuls: W3 7.9 -> 5.9 ms, W4 26 -> 20 ms per step);
+  unrolled per (query, key) pair with per-head sums as one small matmul, which XLA's CPU
+  backend runs faster than batched per-head matmuls over so few positions;
 - the transformer computes what depends on one token once per vocabulary entry and gathers it
   per example: the first layer's LayerNorm, keys, values and queries (its input at a position is
   that token's embedding plus the position's), the ``=`` row (a constant there) with, in one
   layer, its scores against each operand, and position 0 through every layer (causal attention
-  lets it see itself alone). Per step on this CPU, ``benchmarks/transformer_tables.py``: W3
-  forward + backward 62 -> 35 ms, forward over the table 444 -> 235 ms; W4 188 -> 96 ms and
-  177 -> 95 ms.
+  lets it see itself alone). ``benchmarks/transformer_tables.py`` compares it with the
+  per-example model.
 """
 
 from __future__ import annotations
@@ -193,8 +193,8 @@ class Transformer(nn.Module):
                     jnp.promote_types(self.dtype, jnp.float32)), q, keys[t]) for t in range(s + 1)]
                 weights = rowwise(softmax, *scores)
                 # weighted values summed, then one wo matmul per example: tables of value x wo per
-                # head ([vocab, h, d], gathered per example) measured slower on this CPU (forward
-                # over the table: W4 110 ms against 83, W3 332 against 306; training steps no faster)
+                # head ([vocab, h, d], gathered per example) were slower on a CPU and no faster to
+                # train (see the benchmarks page: the transformer's per-token tables)
                 outs.append(rowwise(lambda w, *vs: sum((wt @ heads.T) * vt for wt, vt in zip(w, vs)) @ wo,
                                     weights, *values[:s + 1]))
             xs = [rowwise(jnp.add, x, out) for x, out in zip(xs[T - len(outs):], outs)]
