@@ -52,7 +52,8 @@ def profile_step(name: str, steps: int = 10) -> list[tuple[str, str, float]]:
             for _ in range(repeats):
                 state = train(state)
             jax.block_until_ready(state)
-        trace = json.load(gzip.open(next(Path(tmp).rglob("*perfetto_trace.json.gz"))))
+        with gzip.open(next(Path(tmp).rglob("*perfetto_trace.json.gz"))) as f:
+            trace = json.load(f)
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
     total = collections.Counter()
     for e in events:

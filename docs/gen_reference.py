@@ -49,7 +49,8 @@ RUNS_FAMILIES = [
 RUNS_EVENTS = [
     ("memorize_step", "Int64 (nullable)", "first evaluated step with train accuracy >= `events.memorize_threshold`; "
                                           "null if never"),
-    ("grok_step", "Int64 (nullable)", "first evaluated step with test accuracy >= `events.grok_threshold`; null if never"),
+    ("grok_step", "Int64 (nullable)", "first evaluated step with test accuracy >= `events.grok_threshold`; "
+                                      "null if never"),
     ("grok_delay", "Int64 (nullable)", "`grok_step - memorize_step`; null unless both were reached"),
     ("diverged", "bool", "a step gave a non-finite loss or update; the run was frozen at its last finite state"),
     ("diverged_step", "Int64 (nullable)", "the step it diverged at; null if it did not"),
@@ -232,7 +233,8 @@ def results_markdown() -> str:
     out += ["", "Then the **progress measures** that apply (`train.progress_measures = true`, the default); a "
             "measure that does not apply to a group's task is NaN in that group's rows (see "
             "[interventions and progress measures](../interventions.md) for the formulas):", ""]
-    out += _table(("column", "type", "meaning", "recorded for"), [(f"`{c}`", k, d, a) for c, k, d, a in CURVES_MEASURES])
+    out += _table(("column", "type", "meaning", "recorded for"),
+                  [(f"`{c}`", k, d, a) for c, k, d, a in CURVES_MEASURES])
     out += ["", "## `boundary.parquet`", "", "Written by `grokjax search`, one row per cell of the `by` axes "
             "(see [phase boundaries by search](../search.md)):", ""]
     out += _table(("column", "type", "meaning"), [(f"`{c}`", k, d) for c, k, d in BOUNDARY_COLUMNS])

@@ -10,6 +10,6 @@ from grokjax.search import search_boundary
 from grokjax.sweep import SweepConfig, load_sweep, sweep_from_dict
 from grokjax.tasks import TASK_NAMES, Task, make_task
 
-__all__ = ["SweepConfig", "SweepError", "load_sweep", "sweep_from_dict", "run_sweep", "search_boundary", "load_results", "Results",
-           "Task", "make_task", "TASK_NAMES", "analysis", "register", "register_task", "register_model",
+__all__ = ["SweepConfig", "SweepError", "load_sweep", "sweep_from_dict", "run_sweep", "search_boundary", "load_results",
+           "Results", "Task", "make_task", "TASK_NAMES", "analysis", "register", "register_task", "register_model",
            "register_loss", "register_optimizer", "check_plugins"]

@@ -15,14 +15,14 @@ import numpy as np
 import pandas as pd
 
 from grokjax.analysis import METRICS, cell_summary
-from grokjax.plots import FORMATS, default_axes, has_progress_measures, plot_results, progress_figure
 from grokjax.options import SweepOptions
+from grokjax.plots import FORMATS, default_axes, has_progress_measures, plot_results, progress_figure
 from grokjax.results import load_results, saved_grid, saved_search
 from grokjax.run import Interrupted, enable_compilation_cache, plan, train_source
 from grokjax.search import SearchSource, lattice
 from grokjax.sources import GridSource
-from grokjax.width import use_cores_as_devices
 from grokjax.sweep import SweepError, load_sweep
+from grokjax.width import use_cores_as_devices
 
 EXIT_BAD_INPUT = 2
 # run --help and search --help say it, as the README does: naming a callable is the way in for

@@ -10,14 +10,14 @@ same curve as the run trained alone. Call it from your own tests::
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from grokjax.errors import SweepError
 from grokjax.experiment import build_program
 from grokjax.sweep import sweep_from_dict
-
 
 CHECK_DEFAULTS = dict(data_fraction=0.5, lr=1e-3, steps=4, seeds=3, atol=3e-3)
 

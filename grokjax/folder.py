@@ -71,7 +71,7 @@ class FolderLock:
         self.path = Path(out) / LOCK_FILE
         self.held = False
 
-    def __enter__(self) -> "FolderLock":
+    def __enter__(self) -> FolderLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = dict(host=socket.gethostname(), pid=os.getpid(),
                   since=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))

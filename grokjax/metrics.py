@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +30,7 @@ class Events:
     diverged_step: jax.Array  # int32
 
     @classmethod
-    def initial(cls) -> "Events":
+    def initial(cls) -> Events:
         never = jnp.array(NEVER, jnp.int32)
         return cls(never, never, jnp.array(0, jnp.int32), jnp.array(False), jnp.array(False), never)
 

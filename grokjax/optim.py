@@ -19,7 +19,7 @@ For optax's own ``adamw`` (``b1``, ``b2``, default decay 1e-4) name it ``optax:a
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp

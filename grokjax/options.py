@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Union
+from typing import Union
 
 from grokjax.errors import SweepError
 
-Progress = Union[bool, Callable[[dict], None]]
+Progress = Union[bool, Callable[[dict], None]]  # noqa: UP007 - an alias evaluated at import on 3.10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +73,8 @@ class SweepOptions:
             if not isinstance(getattr(self, name), bool):
                 raise SweepError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.resume and (self.out is None or self.checkpoint_every <= 0):
-            raise SweepError("--resume needs a results folder with checkpoints (--out DIR and --checkpoint-every N > 0)")
+            raise SweepError("--resume needs a results folder with checkpoints "
+                             "(--out DIR and --checkpoint-every N > 0)")
 
     @property
     def checkpoints(self) -> Path | None:

@@ -23,7 +23,8 @@ import functools
 import importlib
 import inspect
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import optax
 
@@ -86,7 +87,7 @@ def name_of(kind: str, value) -> str:
     raise SweepError(f"{SETTING_OF[kind]} must be a name (string) or a callable, got {value!r}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def resolve(kind: str, name: str) -> Callable:
     """The callable a sweep names; ``SweepError`` naming the setting if there is none."""
     where = SETTING_OF[kind]

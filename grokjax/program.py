@@ -14,7 +14,8 @@ its own lane, so it cannot touch its neighbours.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax

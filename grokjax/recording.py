@@ -7,6 +7,7 @@ import datetime
 import sys
 import time
 from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -87,7 +88,8 @@ class Recorder:
         """Runs memorized, grokked, diverged and finished so far, over the whole sweep."""
         ev = self.events.values()
         return dict(memorized=sum(e["memorize_step"] >= 0 for e in ev), grokked=sum(e["grok_step"] >= 0 for e in ev),
-                    diverged=sum(bool(e["diverged"]) for e in ev), done=sum(bool(e["done"] | e["diverged"]) for e in ev))
+                    diverged=sum(bool(e["diverged"]) for e in ev),
+                    done=sum(bool(e["done"] | e["diverged"]) for e in ev))
 
     def tables(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         curves = curves_table(self.curve_parts)

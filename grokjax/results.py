@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from grokjax.metrics import CURVE_METRICS, NEVER, classify_phases
 from grokjax.errors import SweepError
+from grokjax.metrics import CURVE_METRICS, NEVER, classify_phases
 from grokjax.plugins import resolve, scalar_defaults
 from grokjax.schema import FIELDS, PLUGIN_SECTIONS
 from grokjax.sweep_config import SweepConfig, axis_key

@@ -21,8 +21,8 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import jax
 import numpy as np
@@ -37,7 +37,7 @@ from grokjax.program import RUN_AXIS, vmap_width
 from grokjax.recording import ProgressLine, Recorder
 from grokjax.results import BOUNDARY_FILE, Results, write_results
 from grokjax.scheduler import GroupState, GroupStats, Layout, Round, Stop, abstract_states, train_group
-from grokjax.sources import Group, GridSource, RunSource
+from grokjax.sources import GridSource, Group, RunSource
 from grokjax.sweep import SweepConfig, SweepError
 from grokjax.width import choose_layout, cores_as_devices
 

@@ -13,7 +13,7 @@ import dataclasses
 import math
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -238,7 +238,7 @@ class GroupTrainer:
         new = new.replace(step=jnp.where(self.place(slots < 0), self.program.steps, new.step))
         return new if states is None else select_tree(self.place(fresh), new, states)
 
-    def resize(self, group: "GroupState", keep: np.ndarray, size: int) -> "GroupState":
+    def resize(self, group: GroupState, keep: np.ndarray, size: int) -> GroupState:
         """The runs in slots ``keep`` moved into a working set of ``size`` slots, the rest padding."""
         slots = np.full(size, -1)
         slots[:len(keep)] = group.slots[keep]
@@ -248,7 +248,7 @@ class GroupTrainer:
         return GroupState(self.place(moved), slots, group.next_run, group.run_steps, group.base_width,
                           group.runs_per_batch)
 
-    def round(self, group: "GroupState") -> tuple[RunState, dict, dict, np.ndarray, np.ndarray]:
+    def round(self, group: GroupState) -> tuple[RunState, dict, dict, np.ndarray, np.ndarray]:
         """One host round trip: train the working set ``evals_per_round`` evaluations; returns the
         new states, metrics [slots, evals], events, steps and which slots finished."""
         _, period = self.programs(len(group.slots))
@@ -409,7 +409,8 @@ def train_group(program: Program, settings: RunSettings, run_ids: list[int],
     """
     layout = layout or Layout()
     per_batch, choice = group_vmap_width(program, settings, len(run_ids), layout, resume)
-    trainer = GroupTrainer(program, settings, layout.mesh, per_batch, evals_per_call(program.steps // program.eval_every))
+    per_round = evals_per_call(program.steps // program.eval_every)
+    trainer = GroupTrainer(program, settings, layout.mesh, per_batch, per_round)
     if resume is None:
         width = chunk_width(program, settings, per_batch, layout.devices, layout.max_runs_per_chunk)
         slots = np.where(np.arange(width) < len(run_ids), np.arange(width), -1)

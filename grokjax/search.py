@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -196,7 +196,7 @@ class BoundarySearch:
         if 0 <= inside <= self.n:
             out["critical_value"] = self.values[inside]
         out["status"] = ("holds nowhere" if not 0 <= inside <= self.n else
-                         "holds throughout" if not (0 <= a and b <= self.n) else "bracketed")
+                         "holds throughout" if not (a >= 0 and b <= self.n) else "bracketed")
         return out
 
     def boundary(self, runs: pd.DataFrame, n_boot: int = 1000) -> pd.DataFrame:

@@ -21,15 +21,32 @@ their fields and the settings tables), ``sweep_config`` (``SweepConfig``: names,
 from __future__ import annotations
 
 from grokjax.errors import SweepError
-from grokjax.schema import (CRITERIA, DIRECTIONS, FIELDS, INT32_MAX, PER_RUN_DTYPES, PER_RUN_FIELDS, PLUGIN_SECTIONS,
-                            SCALES, SECTIONS, EventsConfig, ModelConfig, OptimizerConfig, SearchConfig, Settings,
-                            TaskConfig, TrainConfig, describe_settings)
+from grokjax.schema import (
+                            CRITERIA,
+                            DIRECTIONS,
+                            FIELDS,
+                            INT32_MAX,
+                            PER_RUN_DTYPES,
+                            PER_RUN_FIELDS,
+                            PLUGIN_SECTIONS,
+                            SCALES,
+                            SECTIONS,
+                            EventsConfig,
+                            ModelConfig,
+                            OptimizerConfig,
+                            SearchConfig,
+                            Settings,
+                            TaskConfig,
+                            TrainConfig,
+                            describe_settings,
+)
 from grokjax.search_section import MAX_LATTICE
 from grokjax.sweep_config import SweepConfig
 from grokjax.sweep_file import MAX_RUNS, TOP_LEVEL_KEYS, load_sweep, read_sweep_file, sweep_from_dict
 from grokjax.tasks import describe_tasks
 
-__all__ = ["SweepConfig", "SearchConfig", "SweepError", "load_sweep", "read_sweep_file", "sweep_from_dict", "describe_settings",
-           "describe_tasks", "TaskConfig", "ModelConfig", "OptimizerConfig", "TrainConfig", "EventsConfig",
+__all__ = ["SweepConfig", "SearchConfig", "SweepError", "load_sweep", "read_sweep_file", "sweep_from_dict",
+           "describe_settings", "describe_tasks", "TaskConfig", "ModelConfig", "OptimizerConfig", "TrainConfig",
+           "EventsConfig",
            "Settings", "SECTIONS", "PLUGIN_SECTIONS", "FIELDS", "PER_RUN_FIELDS", "PER_RUN_DTYPES", "INT32_MAX",
            "MAX_RUNS", "MAX_LATTICE", "TOP_LEVEL_KEYS", "CRITERIA", "DIRECTIONS", "SCALES"]

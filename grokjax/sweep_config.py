@@ -13,9 +13,21 @@ import itertools
 
 from grokjax.errors import SweepError
 from grokjax.plugins import convert_setting, name_of, resolve, settings_of, takes_any_keyword
-from grokjax.schema import (FIELDS, PER_RUN_FIELDS, PLUGIN_SECTIONS, SECTIONS, EventsConfig, ModelConfig,
-                            OptimizerConfig, SearchConfig, TaskConfig, TrainConfig, convert_field, engine_fields,
-                            suggest)
+from grokjax.schema import (
+    FIELDS,
+    PER_RUN_FIELDS,
+    PLUGIN_SECTIONS,
+    SECTIONS,
+    EventsConfig,
+    ModelConfig,
+    OptimizerConfig,
+    SearchConfig,
+    TaskConfig,
+    TrainConfig,
+    convert_field,
+    engine_fields,
+    suggest,
+)
 
 
 def axis_key(key: str) -> str:
@@ -87,7 +99,7 @@ class SweepConfig:
         section, name = self.locate(key)
         return getattr(getattr(self, section), name)
 
-    def replace(self, **values) -> "SweepConfig":
+    def replace(self, **values) -> SweepConfig:
         """A copy with settings replaced by name: ``cfg.replace(lr=1e-2, steps=100)`` (dotted names
         too: ``cfg.replace(**{"task.p": 13})``); values are checked as a sweep file's are."""
         by_section: dict[str, dict] = {}
@@ -116,7 +128,7 @@ class SweepConfig:
         gap = self.events.grok_gap
         return gap if gap >= 0 else max(self.train.eval_every, self.train.steps // 100)
 
-    def runs(self) -> list["SweepConfig"]:
+    def runs(self) -> list[SweepConfig]:
         """One config per run of the grid, in Cartesian-product order (run_id = position)."""
         keys = [k for k, _ in self.grid]
         combos = itertools.product(*(values for _, values in self.grid))

@@ -13,12 +13,22 @@ import dataclasses
 import itertools
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from grokjax.errors import SweepError
-from grokjax.plugins import (build_task, call_factory, check_settings, convert_setting, name_of, parameters_of,
-                             resolve, settings_of, takes_any_keyword)
+from grokjax.plugins import (
+    build_task,
+    call_factory,
+    check_settings,
+    convert_setting,
+    name_of,
+    parameters_of,
+    resolve,
+    settings_of,
+    takes_any_keyword,
+)
 from grokjax.schema import FIELDS, PLUGIN_SECTIONS, SECTIONS, check_keys, convert_field, engine_fields, suggest
 from grokjax.search_section import search_section
 from grokjax.sweep_config import SweepConfig, grid_axis
@@ -55,7 +65,8 @@ def load_sweep(path: str | Path) -> SweepConfig:
     raw = read_sweep_file(path)
     if not any(key in raw for key in (*SECTIONS, "grid")):
         raise SweepError(f"{path}: the sweep file sets nothing (no [task], [model], [optimizer], [train], [events] "
-                         f"or [grid]); say what to train, e.g. [task] name = \"add\" (grokjax info lists every setting)")
+                         f"or [grid]); say what to train, e.g. [task] name = \"add\" "
+                         f"(grokjax info lists every setting)")
     raw.setdefault("name", path.stem)
     try:
         with _on_python_path(str(path.resolve().parent)):

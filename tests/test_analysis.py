@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from grokjax.analysis import (cell_summary, critical_fraction, events_from_curves, phase_shares, reclassify)
+from grokjax.analysis import cell_summary, critical_fraction, events_from_curves, phase_shares, reclassify
 from grokjax.metrics import classify_phases
 
 

@@ -11,7 +11,8 @@ def test_naive_flops_count_the_textbook_models():
     assert naive_flops_per_step(mlp) == 3 * rows * (2 * 256 * 512 + 2 * 512 * 97)
     nanda = workload_config("W4", 1, 10)
     per_layer = 3 * (2 * 4 * 128 * 128 + 2 * 2 * 128 * 512) + 2 * 2 * 9 * 128
-    assert naive_flops_per_step(nanda) == 3 * round(0.5 * 113 * 113) * (per_layer + 2 * 128 * 113)  # unembedding: the 113 classes
+    # unembedding: the 113 classes
+    assert naive_flops_per_step(nanda) == 3 * round(0.5 * 113 * 113) * (per_layer + 2 * 128 * 113)
     assert set(WORKLOADS) == {"W1", "W2", "W3", "W4"}
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import devices_env
+
 from grokjax.checkpoint import config_fingerprint, describe_changes
 from grokjax.sweep import sweep_from_dict
 

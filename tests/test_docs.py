@@ -5,11 +5,9 @@ notebook tutorial runs."""
 
 import importlib.util
 import re
-import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import cli_in_process, make_sweep
 
 ROOT = Path(__file__).parent.parent
@@ -109,7 +107,8 @@ def test_every_results_column_and_meta_key_is_documented(tmp_path):
     search_config = grokjax.sweep_from_dict(dict(
         name="s", task=dict(name="add", p=11), model=dict(name="mlp", embed_dim=16, width=32),
         optimizer=dict(lr=1e-2), train=dict(steps=20, eval_every=10, progress_measures=False),
-        grid=dict(weight_decay=[1.0]), search=dict(axis="data_fraction", low=0.3, high=0.7, resolution=0.2, seeds=2, direction="up")))
+        grid=dict(weight_decay=[1.0]),
+        search=dict(axis="data_fraction", low=0.3, high=0.7, resolution=0.2, seeds=2, direction="up")))
     search = grokjax.search_boundary(search_config, out=tmp_path / "search", progress=False, tune_cache=None)
 
     documented = {c for c, *_ in gen.RUNS_SETTINGS + gen.RUNS_EVENTS}

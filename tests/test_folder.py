@@ -59,10 +59,10 @@ def test_another_sweeps_results_are_never_overwritten(tmp_path):
 def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(tmp_path):
     out = tmp_path / "res"
     with FolderLock(out):
-        with pytest.raises(grokjax.SweepError, match=f"being written by another grokjax \\(process {os.getpid()} "
-                                                     f"on {socket.gethostname()}"):
-            with FolderLock(out):
-                pass
+        refused = pytest.raises(grokjax.SweepError, match=f"being written by another grokjax \\(process {os.getpid()} "
+                                                          f"on {socket.gethostname()}")
+        with refused, FolderLock(out):
+            pass
         (tmp_path / "s.toml").write_text(TINY)
         proc = grokjax_cli("run", "s.toml", "--out", "res", cwd=tmp_path)
         assert proc.returncode == 2 and "being written by another grokjax" in proc.stderr

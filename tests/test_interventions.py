@@ -149,7 +149,8 @@ def reference_run(seed, data_fraction, label_noise, lr, alpha, lamb, factor, ste
 def test_every_coefficient_is_an_axis_of_one_program_and_each_run_equals_the_reference(sweep):
     compiles = []
     jax.monitoring.register_event_duration_secs_listener(
-        lambda event, _, **kw: compiles.append(event) if event == "/jax/core/compile/backend_compile_duration" else None)
+        lambda event, _, **kw: compiles.append(event) if event == "/jax/core/compile/backend_compile_duration"
+        else None)
     base = dict(optimizer=dict(lr=1e-2, weight_decay=0.5, grokfast="ema", orthograd=True, fixed_norm=1.0),
                 task=dict(label_noise=0.1), train=dict(steps=20, eval_every=20, runs_per_batch=8,
                                                        progress_measures=False))

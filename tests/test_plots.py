@@ -5,8 +5,8 @@ import pytest
 from PIL import Image
 
 from grokjax.analysis import cell_summary
-from grokjax.results import Results
 from grokjax.plots import default_axes, draw_metric_map, draw_phase_map, plot_results, progress_figure, select_cell
+from grokjax.results import Results
 from tests.test_analysis import curve, synthetic_runs
 
 
@@ -59,11 +59,12 @@ def test_facets_metrics_and_a_half_finished_sweep(tmp_path):
     runs["lr"] = np.where(runs.seed < 2, 1e-3, 1e-2)
     curves = synthetic_curves(runs)
     for metric in ("grok_delay", "memorize_step", "final_test_acc"):
-        plot_results(Results(runs, curves, {}), tmp_path / metric, "data_fraction", "weight_decay", metric=metric, facet="lr")
+        plot_results(Results(runs, curves, {}), tmp_path / metric, "data_fraction", "weight_decay", metric=metric,
+                     facet="lr")
     partial = runs[runs.weight_decay < 5]  # a sweep that has not reached its last cells
     partial = partial[~((partial.weight_decay == 1.0) & (partial.data_fraction > 0.5))]
-    paths = plot_results(Results(partial, curves[curves.run_id.isin(partial.run_id)], {}), tmp_path / "p", "data_fraction",
-                         "weight_decay")
+    paths = plot_results(Results(partial, curves[curves.run_id.isin(partial.run_id)], {}), tmp_path / "p",
+                         "data_fraction", "weight_decay")
     assert len(paths) == 4
 
 

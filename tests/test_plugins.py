@@ -60,7 +60,8 @@ def test_user_task_model_and_loss_in_a_grid_equal_a_hand_written_loop():
 def test_lion_grid_is_one_program_and_each_run_equals_optax_lion_alone(sweep):
     compiles = []
     jax.monitoring.register_event_duration_secs_listener(
-        lambda event, _, **kw: compiles.append(event) if event == "/jax/core/compile/backend_compile_duration" else None)
+        lambda event, _, **kw: compiles.append(event) if event == "/jax/core/compile/backend_compile_duration"
+        else None)
 
     def count(config):
         before = len(compiles)
@@ -132,12 +133,13 @@ BAD_PLUGINS = [
     (dict(task=dict(name="user_plugins:not_a_task")), "returned dict", "expected a grokjax.Task"),
     (dict(task=dict(name="user_plugins:raising_task")), "user_plugins:raising_task", "RuntimeError: disk on fire"),
     (dict(task=dict(name="user_plugins:weighted_sum", q=3)), "unknown key 'q' in [task]", "takes: p, k"),
-    (dict(model=dict(name="user_plugins:wide_net")), "maps inputs (2, 2) to outputs (2, 12)", "expected [B, n_classes]"),
+    (dict(model=dict(name="user_plugins:wide_net")), "maps inputs (2, 2) to outputs (2, 12)",
+     "expected [B, n_classes]"),
     (dict(model=dict(name="user_plugins:Boom")), "model.name = 'user_plugins:Boom'", "ValueError: boom"),
     (dict(train=dict(loss="user_plugins:scalar_loss")), "train.loss = 'user_plugins:scalar_loss' returned shape ()",
      "per-example losses [B]"),
-    (dict(optimizer=dict(name="user_plugins:branching_sgd", decay=0.95)), "optimizer.name = 'user_plugins:branching_sgd'",
-     "make the setting an integer or a boolean"),
+    (dict(optimizer=dict(name="user_plugins:branching_sgd", decay=0.95)),
+     "optimizer.name = 'user_plugins:branching_sgd'", "make the setting an integer or a boolean"),
     (dict(optimizer=dict(name="user_plugins:FlatNet")), "optimizer.name = 'user_plugins:FlatNet' takes no "
      "learning_rate", "fn(learning_rate, **settings)"),
     (dict(optimizer=dict(name="user_plugins:flat_net")), "optimizer.name = 'user_plugins:flat_net' takes no", ""),

@@ -8,8 +8,16 @@ import pandas as pd
 
 import grokjax
 from grokjax.losses import cross_entropy
-from grokjax.progress import (Measures, concentration, group_norms, key_frequencies, measure, measures_for,
-                              restricted_excluded, spectrum)
+from grokjax.progress import (
+    Measures,
+    concentration,
+    group_norms,
+    key_frequencies,
+    measure,
+    measures_for,
+    restricted_excluded,
+    spectrum,
+)
 
 P = 11
 RNG = np.random.default_rng(1)

@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import pandas as pd
-
 from conftest import devices_env
+
 from tests.test_checkpoint import SWEEP
 
 

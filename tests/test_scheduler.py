@@ -2,9 +2,9 @@ import jax
 import jax.numpy as jnp
 import pandas as pd
 import pytest
+from conftest import devices_env
 
 import grokjax
-from conftest import devices_env
 from grokjax.experiment import build_program, run_settings
 from grokjax.scheduler import Layout, evals_per_call, train_group
 
@@ -98,7 +98,8 @@ def test_runs_added_while_training_grow_a_shrunk_group_back(sweep):
     alone = grokjax.run_sweep(later, progress=False).curves
     columns = ["step", "train_loss", "train_acc", "test_loss", "test_acc", "param_norm"]
     grown = pd.concat([pd.DataFrame({"run_id": rid - 4, **{k: r.metrics[k][i] for k in columns}})
-                       for r in rounds for i, rid in enumerate(r.run_ids) if rid >= 4 and r.metrics["recorded"][i].all()])
+                       for r in rounds for i, rid in enumerate(r.run_ids)
+                       if rid >= 4 and r.metrics["recorded"][i].all()])
     grown = grown.sort_values(["run_id", "step"]).reset_index(drop=True)
     pd.testing.assert_frame_equal(grown, alone[["run_id", *columns]], check_exact=False, rtol=1e-6, check_dtype=False)
 
@@ -154,7 +155,8 @@ def test_sharded_grid_equals_one_device(sharded, devices, chunk):
     assert len(sharded_runs) == 10  # padding never shows
     pd.testing.assert_frame_equal(sharded_runs, single.runs, rtol=1e-4, atol=1e-5)
     pd.testing.assert_frame_equal(pd.read_parquet(out / "curves.parquet"), single.curves, rtol=1e-4, atol=1e-5)
-    assert sharded_runs[sharded_runs.lr == 1e20].diverged.all() and not sharded_runs[sharded_runs.lr == 1e-2].diverged.any()
+    assert sharded_runs[sharded_runs.lr == 1e20].diverged.all()
+    assert not sharded_runs[sharded_runs.lr == 1e-2].diverged.any()
 
 
 def test_a_vmap_width_that_would_not_fit_is_halved_or_refused_by_name(sweep, monkeypatch):

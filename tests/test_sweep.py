@@ -2,8 +2,15 @@
 import pytest
 
 from grokjax.results import run_columns
-from grokjax.sweep import (FIELDS, PER_RUN_FIELDS, SweepError, describe_settings, load_sweep, read_sweep_file,
-                           sweep_from_dict)
+from grokjax.sweep import (
+    FIELDS,
+    PER_RUN_FIELDS,
+    SweepError,
+    describe_settings,
+    load_sweep,
+    read_sweep_file,
+    sweep_from_dict,
+)
 
 ISSUE_EXAMPLE = """
 name = "quickstart"

@@ -104,7 +104,7 @@ def test_digits_are_float_features_with_ten_classes():
     pytest.importorskip("sklearn")
     task = digits()
     assert task.inputs.shape == (1797, 64) and task.inputs.dtype == np.float32 and task.n_classes == 10
-    assert 0.0 <= task.inputs.min() and task.inputs.max() <= 1.0
+    assert task.inputs.min() >= 0.0 and task.inputs.max() <= 1.0
 
 
 @pytest.mark.parametrize("inputs, labels, n_symbols, match", [
