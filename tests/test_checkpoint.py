@@ -93,6 +93,7 @@ def assert_same(folder: Path, expected):
     assert bad.diverged.all() and not runs[runs.lr == 1e-2].diverged.any()  # still isolated
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, uninterrupted):
     killed_after(tmp_path, 2).wait()
     resumed = grokjax_run(tmp_path, "res", "--resume")
@@ -117,6 +118,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_sigint_saves_and_exits_then_resumes(tmp_path, uninterrupted):
     (tmp_path / "ckpt.toml").write_text(SWEEP)
     proc = subprocess.run([sys.executable, "-c", SIGINT_AFTER_FIRST_SAVE, "run", "ckpt.toml", "--out", "res", *FLAGS],
@@ -129,6 +131,7 @@ def test_sigint_saves_and_exits_then_resumes(tmp_path, uninterrupted):
     assert_same(tmp_path / "res", uninterrupted)
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint_falls_back_to_the_previous(tmp_path, uninterrupted):
     killed_after(tmp_path, 3).wait()
     folder = tmp_path / "res" / "checkpoints"
@@ -143,6 +146,7 @@ def test_truncated_checkpoint_falls_back_to_the_previous(tmp_path, uninterrupted
     assert_same(tmp_path / "res", uninterrupted)
 
 
+@pytest.mark.slow
 def test_changed_sweep_file_is_refused(tmp_path, uninterrupted_folder):
     import shutil
 

@@ -49,6 +49,7 @@ def quick_launches(tmp_path_factory):
     return cwd, first, second
 
 
+@pytest.mark.slow
 def test_run_writes_the_results_folder(quick_launches):
     cwd, proc, _ = quick_launches
     assert proc.returncode == 0, proc.stderr
@@ -141,6 +142,7 @@ PHASE_SWEEP = QUICK.replace('name = "tiny"', 'name = "phases"').replace(
     "eval_every = 10", FIXED_WIDTH.format(8))
 
 
+@pytest.mark.slow
 def test_run_plot_and_summary(tmp_path):
     (tmp_path / "phases.toml").write_text(PHASE_SWEEP)
     proc = grokjax("run", "phases.toml", "--out", "res", cwd=tmp_path)
@@ -168,6 +170,7 @@ def test_run_plot_and_summary(tmp_path):
     assert proc.returncode == 2 and "not a grokjax results folder" in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_running_sweep_can_be_plotted(tmp_path):
     import grokjax as gj
 
@@ -188,6 +191,7 @@ def test_a_running_sweep_can_be_plotted(tmp_path):
     assert json.loads((tmp_path / "res" / "meta.json").read_text())["complete"] is True
 
 
+@pytest.mark.slow
 def test_seed_only_sweep_gets_learning_curves(tmp_path):
     (tmp_path / "seeds.toml").write_text(QUICK.replace("data_fraction = [0.3, 0.6]\n", "").replace(
         "eval_every = 10", FIXED_WIDTH.format(2)))
@@ -198,6 +202,7 @@ def test_seed_only_sweep_gets_learning_curves(tmp_path):
     assert proc.returncode == 0 and "seed" in proc.stdout.splitlines()[1]
 
 
+@pytest.mark.slow
 def test_second_launch_uses_the_compilation_cache(quick_launches):
     cwd, first, second = quick_launches
     for proc, out in ((first, cwd / "results" / "tiny"), (second, cwd / "b")):

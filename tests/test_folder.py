@@ -36,6 +36,7 @@ def grokjax_cli(*args, cwd):
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_another_sweeps_results_are_never_overwritten(tmp_path):
     (tmp_path / "a.toml").write_text(TINY)
     # another sweep: other seeds (per-run values, so the same compiled programs as a)
@@ -56,6 +57,7 @@ def test_another_sweeps_results_are_never_overwritten(tmp_path):
     assert not (tmp_path / "res" / LOCK_FILE).exists()
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(tmp_path):
     out = tmp_path / "res"
     with FolderLock(out):
@@ -74,6 +76,7 @@ def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(tmp_path):
     assert (out / "runs.parquet").exists() and not (out / LOCK_FILE).exists()
 
 
+@pytest.mark.slow
 def test_two_launches_at_once_one_writes_one_is_refused(tmp_path):
     # the overlap is forced: the first launch is paused (SIGSTOP) once it holds the folder's lock,
     # the second starts while it is held, then the first continues and writes
@@ -94,6 +97,7 @@ def test_two_launches_at_once_one_writes_one_is_refused(tmp_path):
     assert len(pd.read_parquet(tmp_path / "res" / "runs.parquet")) == 2
 
 
+@pytest.mark.slow
 def test_damaged_results_are_named_not_a_traceback(tmp_path):
     (tmp_path / "s.toml").write_text(TINY)
     assert grokjax_cli("run", "s.toml", "--out", "res", "--quiet", cwd=tmp_path).returncode == 0
@@ -113,6 +117,7 @@ def test_damaged_results_are_named_not_a_traceback(tmp_path):
     assert proc.returncode == 2 and "runs.parquet is damaged (not a readable parquet table" in proc.stderr
 
 
+@pytest.mark.slow
 def test_empty_sweep_and_resume_without_checkpoints_say_what_they_do(tmp_path):
     (tmp_path / "empty.toml").write_text("# nothing yet\n")
     proc = cli_in_process("run", "empty.toml", cwd=tmp_path)  # refused on reading the file
@@ -123,6 +128,7 @@ def test_empty_sweep_and_resume_without_checkpoints_say_what_they_do(tmp_path):
     assert (tmp_path / "res" / "runs.parquet").exists()
 
 
+@pytest.mark.slow
 def test_dry_run_checks_everything_and_writes_nothing(tmp_path):
     (tmp_path / "s.toml").write_text(TINY)
     proc = grokjax_cli("run", "s.toml", "--dry-run", cwd=tmp_path)

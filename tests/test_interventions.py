@@ -190,6 +190,7 @@ def test_interventions_wrap_an_optax_optimizer_of_the_grid(sweep):
     assert not np.allclose(plain, filtered) and filtered[-1] < filtered[0]
 
 
+@pytest.mark.slow
 def test_the_smallest_stablemax_check_groks_without_weight_decay_only_with_both(sweep):
     """sweeps/stablemax_cpu.toml at p = 31: StableMax + ⊥AdamW groks with weight decay 0 within
     300 steps; plain cross-entropy with AdamW fits the training set and stays at chance."""

@@ -162,6 +162,7 @@ def test_broken_plugins_are_refused_before_training_by_name(raw, where, what, tm
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_a_broken_plugin_beside_the_sweep_file_exits_2_without_a_traceback(tmp_path):
     import subprocess
     import sys

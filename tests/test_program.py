@@ -90,6 +90,7 @@ def test_run_in_a_grid_follows_the_same_curve_as_alone(sweep, seed_2_alone, runs
 # --- the phenomenon ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_grokking_happens_and_no_weight_decay_with_little_data_does_not():
     """p=47 MLP: at 70 % data and weight decay 1 train accuracy reaches 0.99 within a few dozen
     steps and test accuracy only hundreds of steps later; at 30 % without decay it never does."""
@@ -171,6 +172,7 @@ print(sorted({{str(w.dtype) for w in jax.tree.leaves(state.params)}}), r.runs.fi
 """
 
 
+@pytest.mark.slow
 def test_precision_options(tmp_path, sweep):
     import subprocess
     import sys

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pandas as pd
+import pytest
 
 import grokjax
 from grokjax.losses import cross_entropy
@@ -95,6 +96,7 @@ def test_softmax_collapse_counts_exactly_one_hot_training_rows():
     np.testing.assert_allclose(float(m["softmax_collapse"]), 1 / 3)  # row 0 of the three training rows
 
 
+@pytest.mark.slow
 def test_the_smallest_progress_check_records_the_measures_and_they_move_before_grokking(sweep):
     """A CPU-second version of sweeps/nanda2023_cpu.toml's check with the quickstart's MLP: the
     columns are recorded, key frequencies appear before the grok step, the restricted loss falls

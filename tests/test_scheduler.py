@@ -143,6 +143,7 @@ def sharded(tmp_path_factory):
     return out, grokjax.run_sweep(make_sweep(**SHARDED_GRID), progress=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("devices, chunk", SHARDED_CASES)
 def test_sharded_grid_equals_one_device(sharded, devices, chunk):
     import json

@@ -170,6 +170,7 @@ def searched(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_search_agrees_with_the_dense_grid_for_fewer_run_steps(searched):
     from grokjax.results import load_results
     from grokjax.sweep import load_sweep
@@ -191,6 +192,7 @@ def test_search_agrees_with_the_dense_grid_for_fewer_run_steps(searched):
     assert (searched / "out" / "figures" / "boundary.png").exists()
 
 
+@pytest.mark.slow
 def test_search_resumes_to_the_same_results(searched, tmp_path):
     from grokjax.results import load_results
     from grokjax.sweep import load_sweep
