@@ -204,6 +204,24 @@ def check_settings(kind: str, name: str, fn: Callable, settings: dict[str, Any],
     return out
 
 
+def convert_number(where: str, kind: str, value):
+    """A setting's number: ``kind`` "int" (an integral float is taken) or "float" (finite).
+
+    Raises:
+      SweepError: naming ``where``, for a value that is not such a number.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SweepError(f"{where} must be a number, got {value!r}")
+    if kind == "int":
+        if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+            raise SweepError(f"{where} must be an integer, got {value!r}")
+        return int(value)
+    value = float(value)
+    if not math.isfinite(value):
+        raise SweepError(f"{where} must be finite, got {value!r}")
+    return value
+
+
 def convert_setting(where: str, param: inspect.Parameter | None, value):
     """One plug-in setting, typed by its parameter's default (or annotation when the default is
     None): booleans stay booleans, integers stay integers, floats become floats."""
@@ -218,16 +236,8 @@ def convert_setting(where: str, param: inspect.Parameter | None, value):
             raise SweepError(f"{where} must be true or false, got {value!r}")
         return value
     if isinstance(default, (int, float)) or (default is None and "float" in annotation):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SweepError(f"{where} must be a number, got {value!r}")
-        if isinstance(default, int) and not isinstance(default, bool) and "float" not in annotation:
-            if isinstance(value, float) and not value.is_integer():
-                raise SweepError(f"{where} must be an integer, got {value!r}")
-            return int(value)
-        value = float(value)
-        if not math.isfinite(value):
-            raise SweepError(f"{where} must be finite, got {value!r}")
-        return value
+        integer = isinstance(default, int) and not isinstance(default, bool) and "float" not in annotation
+        return convert_number(where, "int" if integer else "float", value)
     if isinstance(default, str) and not isinstance(value, str):
         raise SweepError(f"{where} must be a string, got {value!r}")
     if isinstance(value, float) and not math.isfinite(value):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 from typing import ClassVar
 
 import numpy as np
@@ -21,7 +20,7 @@ import numpy as np
 from grokjax.errors import SweepError
 from grokjax.interventions import GROKFAST, GROKFAST_LAMB
 from grokjax.optim import SCHEDULES
-from grokjax.plugins import BUILTINS, resolve, settings_of
+from grokjax.plugins import BUILTINS, convert_number, resolve, settings_of
 
 INT32_MAX = 2**31 - 1  # step counters, seeds and indices are int32 inside the program
 
@@ -254,20 +253,7 @@ def convert_field(where: str, f: dataclasses.Field, value):
         if not isinstance(value, bool):
             raise SweepError(f"{where} must be true or false, got {value!r}")
         return value
-    return _check_bounds(where, m, _number(where, kind, value))
-
-
-def _number(where: str, kind: str, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SweepError(f"{where} must be a number, got {value!r}")
-    if kind == "int":
-        if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
-            raise SweepError(f"{where} must be an integer, got {value!r}")
-        return int(value)
-    value = float(value)
-    if not math.isfinite(value):
-        raise SweepError(f"{where} must be finite, got {value!r}")
-    return value
+    return _check_bounds(where, m, convert_number(where, kind, value))
 
 
 def _check_bounds(where: str, m, value):
