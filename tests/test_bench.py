@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from grokjax.bench import WORKLOADS, naive_flops_per_step, run_benchmarks, workload_config
 
 
@@ -16,6 +18,7 @@ def test_naive_flops_count_the_textbook_models():
     assert set(WORKLOADS) == {"W1", "W2", "W3", "W4"}
 
 
+@pytest.mark.slow  # runs the benchmark suite itself (its quick sizes)
 def test_quick_suite_writes_its_report(tmp_path):
     records = run_benchmarks(tmp_path, quick=True, workloads=["W1"], runs=[1, 2], steps=2, min_seconds=0)
     saved = json.loads((tmp_path / "bench.json").read_text())
