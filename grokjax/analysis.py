@@ -16,7 +16,14 @@ METRICS = ("grok_step", "grok_delay", "memorize_step", "final_test_acc")
 
 
 def grokked(runs: pd.DataFrame) -> pd.Series:
-    """Whether each run reached the grok threshold (and did not diverge)."""
+    """Whether each run reached the grok threshold without diverging.
+
+    Args:
+      runs: a runs table (``runs.parquet``).
+
+    Returns:
+      A boolean Series aligned with ``runs``.
+    """
     return runs["grok_step"].notna() & ~runs["diverged"].astype(bool)
 
 
@@ -32,9 +39,25 @@ def _metric_values(runs: pd.DataFrame, metric: str) -> np.ndarray:
 
 def cell_summary(runs: pd.DataFrame, x: str = "data_fraction", y: str | None = "weight_decay",
                  metric: str = "grok_step") -> pd.DataFrame:
-    """One row per (y, x) cell: runs, share grokked, median and interquartile range of
-    ``metric`` (never reached = inf, so the median is inf when most runs never got there), the
-    majority phase and the share of runs in it."""
+    """Per-cell aggregates: what the phase diagram and ``grokjax summary`` show.
+
+    Args:
+      runs: a runs table.
+      x, y: the cell's axes (columns); ``y`` None for one axis. Other axes, seeds included, are
+        aggregated within a cell.
+      metric: one of ``METRICS``; an event never reached counts as infinitely late.
+
+    Returns:
+      One row per (y, x) cell: ``runs``, ``grokked`` (share), ``median_<metric>``,
+      ``q25_<metric>``, ``q75_<metric>`` (inf when most runs never got there), ``phase`` (the
+      majority phase) and ``phase_share``.
+
+    Raises:
+      ValueError: an axis that is not a column, or an unknown metric.
+
+    Example:
+      >>> analysis.cell_summary(results.runs, x="data_fraction", y="weight_decay")
+    """
     keys = [k for k in (y, x) if k is not None]
     for key in keys:
         if key not in runs:
@@ -56,15 +79,34 @@ def cell_summary(runs: pd.DataFrame, x: str = "data_fraction", y: str | None = "
 
 
 def phase_shares(runs: pd.DataFrame, x: str = "data_fraction", y: str | None = "weight_decay") -> pd.DataFrame:
-    """Share of runs in each phase per cell: one column per phase (metrics.PHASES), rows sum to 1."""
+    """Share of runs in each phase per cell (what the phase map draws).
+
+    Args:
+      runs: a runs table.
+      x, y: the cell's axes; ``y`` None for one axis.
+
+    Returns:
+      One row per cell: its axes, then one column per phase (``metrics.PHASES``); rows sum to 1.
+    """
     keys = [k for k in (y, x) if k is not None]
     shares = pd.crosstab([runs[k] for k in keys], runs["phase"], normalize="index")
     return shares.reindex(columns=list(PHASES), fill_value=0.0).reset_index().rename_axis(columns=None)
 
 
 def holds(runs: pd.DataFrame, criterion: str = "grok") -> pd.Series:
-    """Per run, whether it met a search criterion within its budget: ``grok`` (reached the grok
-    threshold), ``memorize`` (the memorize threshold), both without diverging, or ``diverge``."""
+    """Per run, whether it met a search criterion within its budget.
+
+    Args:
+      runs: a runs table.
+      criterion: ``grok`` (reached the grok threshold), ``memorize`` (the memorize threshold),
+        both without diverging, or ``diverge``.
+
+    Returns:
+      A boolean Series aligned with ``runs``.
+
+    Raises:
+      ValueError: an unknown criterion.
+    """
     diverged = runs["diverged"].astype(bool)
     if criterion == "grok":
         return grokked(runs)
@@ -137,10 +179,20 @@ def critical_fraction(runs: pd.DataFrame, by: str | None = "weight_decay", fract
                       majority: float = 0.5, n_boot: int = 1000, level: float = 0.95,
                       seed: int = 0) -> pd.DataFrame:
     """For each value of ``by``: the smallest data fraction at which more than ``majority`` of
-    the runs grok within the budget, and a bootstrap interval (``low``, ``high``) from resampling
-    the runs (seeds) of every cell (``critical_value`` with direction up). NaN where no fraction
-    qualifies (in a bootstrap sample: counted as above the largest fraction, so the upper bound is
-    NaN when that happens often)."""
+    the runs grok within the budget (``critical_value`` with direction up).
+
+    Args:
+      runs: a runs table.
+      by: the column with one critical fraction per value (None: one for all runs).
+      fraction: the data-fraction column.
+      majority, n_boot, level, seed: as for ``critical_value``.
+
+    Returns:
+      One row per value of ``by``: ``critical_fraction``, the bootstrap interval ``low`` and
+      ``high`` (resampling the runs, seeds, of every cell), ``runs``, ``seeds_per_cell``. NaN where
+      no fraction qualifies (in a bootstrap sample: counted as above the largest fraction, so the
+      upper bound is NaN when that happens often).
+    """
     table = critical_value(runs, fraction, [by] if by else [], "grok", "up", majority, n_boot, level=level, seed=seed)
     return table.rename(columns={"critical_value": "critical_fraction", "ci_low": "low", "ci_high": "high",
                                  "seeds_per_value": "seeds_per_cell"})
@@ -148,8 +200,16 @@ def critical_fraction(runs: pd.DataFrame, by: str | None = "weight_decay", fract
 
 def events_from_curves(curves: pd.DataFrame, memorize_threshold: float = 0.99,
                        grok_threshold: float = 0.99) -> pd.DataFrame:
-    """Per run: ``memorize_step`` and ``grok_step`` recomputed from its curve at other
-    thresholds (Liu et al. use 0.9), null where never reached."""
+    """Events recomputed from the curves at other thresholds (Liu et al. use 0.9).
+
+    Args:
+      curves: a curves table (``curves.parquet``).
+      memorize_threshold, grok_threshold: train and test accuracy that define the events.
+
+    Returns:
+      One row per run: ``run_id``, ``memorize_step``, ``grok_step`` (nullable; null where never
+      reached).
+    """
     def first_step(df: pd.DataFrame, column: str, threshold: float) -> pd.Series:
         hit = df[df[column] >= threshold]
         return hit.groupby("run_id")["step"].min()
@@ -163,7 +223,21 @@ def events_from_curves(curves: pd.DataFrame, memorize_threshold: float = 0.99,
 
 def reclassify(runs: pd.DataFrame, curves: pd.DataFrame, memorize_threshold: float = 0.99,
                grok_threshold: float = 0.99, gap: int | None = None) -> pd.DataFrame:
-    """A copy of ``runs`` with events and phases recomputed at other thresholds (and gap)."""
+    """The runs table with events and phases recomputed at other thresholds.
+
+    Args:
+      runs, curves: a sweep's two tables.
+      memorize_threshold, grok_threshold: as for ``events_from_curves``.
+      gap: the grok delay above which a run is grokking rather than comprehension (None: each
+        run's own ``grok_gap``).
+
+    Returns:
+      A copy of ``runs`` with ``memorize_step``, ``grok_step``, ``grok_delay`` and ``phase``
+      recomputed.
+
+    Example:
+      >>> liu = analysis.reclassify(results.runs, results.curves, 0.9, 0.9, gap=1000)
+    """
     events = events_from_curves(curves, memorize_threshold, grok_threshold).set_index("run_id")
     out = runs.copy()
     for column in ("memorize_step", "grok_step"):
@@ -189,6 +263,13 @@ def progress_steps(curves: pd.DataFrame, loss_threshold: float = 0.1) -> pd.Data
     - ``norm_peak_step``, ``norm_peak`` and ``norm_final``: the parameter norm's peak and where it
       ended (it falls through the clean-up).
     Null where a measure was not recorded or never got there.
+
+    Args:
+      curves: a curves table with progress measures (``train.progress_measures = true``).
+      loss_threshold: the loss a "_step" column waits for.
+
+    Returns:
+      One row per run with the columns above.
     """
     rows = []
     for run_id, c in curves.sort_values(["run_id", "step"]).groupby("run_id"):

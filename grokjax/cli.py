@@ -68,13 +68,12 @@ def _run(args) -> int:
 
 
 def _source(file: str, config, search: bool):
-    """The run source a command trains: the boundary search for ``search``, else the grid."""
-    if search and config.search is None:
-        raise SweepError(f"{file} has no [search] section (axis, low, high, resolution, ...); "
-                         f"grokjax run trains its grid")
-    if not search and config.search is not None:
-        raise SweepError(f"{file} has a [search] section: run it with grokjax search {file}")
-    return SearchSource(config) if search else GridSource(config)
+    """The run source a command trains: the boundary search for ``search``, else the grid (each
+    refuses a file meant for the other)."""
+    try:
+        return SearchSource(config) if search else GridSource(config)
+    except SweepError as e:
+        raise SweepError(f"{file}: {e}") from None
 
 
 def _describe(source) -> str:

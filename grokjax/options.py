@@ -55,7 +55,8 @@ class SweepOptions:
         for name, low in (("devices", 1), ("max_runs_per_chunk", 1), ("checkpoint_every", 0)):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-                raise SweepError(f"{name} must be an integer >= {low}, got {value!r}")
+                flag = "--" + name.replace("_", "-")
+                raise SweepError(f"{name} must be an integer >= {low} ({flag}), got {value!r}")
         if self.checkpoint_every is None:
             raise SweepError("checkpoint_every must be an integer >= 0, got None")
         if not isinstance(self.out, (str, os.PathLike, type(None))):

@@ -161,10 +161,25 @@ def write_results(out: Path, runs: pd.DataFrame, curves: pd.DataFrame, meta: dic
 
 
 def load_results(path: str | Path) -> Results:
-    """The tables of a results folder as pandas DataFrames (``.runs``, ``.curves``, and a search's
-    ``.boundary``) and ``.meta``.
-    Raises ``FileNotFoundError`` for a folder without results, ``SweepError`` naming the file for
-    a damaged one (truncated parquet or JSON)."""
+    """The tables of a results folder, finished or still being written. Reads data only: nothing a
+    sweep file in the folder names is imported or called.
+
+    Args:
+      path: the results folder (``runs.parquet``, ``curves.parquet``, ``meta.json``, and a
+        search's ``boundary.parquet``).
+
+    Returns:
+      ``Results``: ``.runs`` and ``.curves`` (pandas DataFrames), ``.meta`` (a dict), and
+      ``.boundary`` (a search's critical values, else None).
+
+    Raises:
+      FileNotFoundError: a folder without ``runs.parquet``.
+      SweepError: a damaged file (truncated parquet or JSON), named.
+
+    Example:
+      >>> results = grokjax.load_results("results/quickstart")
+      >>> results.runs.groupby("data_fraction").grok_step.median()
+    """
     if not isinstance(path, (str, Path)):
         raise SweepError(f"load_results needs a folder path, got {type(path).__name__}")
     path = Path(path)

@@ -79,7 +79,8 @@ class BoundarySearch:
 
     def __init__(self, config: SweepConfig):
         if config.search is None:
-            raise SweepError("the sweep file has no [search] section (axis, low, high, resolution)")
+            raise SweepError("the sweep file has no [search] section (axis, low, high, resolution); grokjax run "
+                             "trains its grid (run_sweep)")
         self.config, self.spec = config, config.search
         self.values = lattice(self.spec)
         self.n = len(self.values) - 1

@@ -56,6 +56,11 @@ def load_sweep(path: str | Path) -> SweepConfig:
 
     Raises:
       SweepError: the file is missing, not TOML, or a setting is wrong (the message names it).
+
+    Example:
+      >>> config = load_sweep("sweeps/quickstart.toml")
+      >>> len(config.runs()), config.replace(steps=600).train.steps
+      (45, 600)
     """
     if not isinstance(path, (str, Path)):
         raise SweepError(f"load_sweep needs a file path, got {type(path).__name__}")

@@ -37,6 +37,15 @@ class Task:
         ``tolerance`` of its target (0.5: rounding the output gives the target's integer).
       modulus: for tasks over ``Z_p`` (tokens ``0 .. p - 1`` are residues): ``p``. Turns on the
         Fourier progress measures of the embedding (``progress``).
+
+    Raises:
+      ValueError: arrays of the wrong shape or dtype, or ids outside the vocabulary (checked
+        when the task is made, so a task plug-in's mistake is named before anything trains).
+
+    Example:
+      >>> def cyclic(n: int = 12) -> Task:  # a task plug-in: (x + y) mod n, every pair
+      ...     x, y = np.divmod(np.arange(n * n), n)
+      ...     return Task("cyclic", np.stack([x, y], 1), (x + y) % n, n_symbols=n, modulus=n)
     """
 
     name: str
