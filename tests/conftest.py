@@ -2,6 +2,8 @@ import contextlib
 import io
 import os
 import subprocess
+import tempfile
+from pathlib import Path
 
 # Compiling hundreds of small programs is most of this suite's time on a 2-core CPU, so LLVM's
 # optimization of XLA's own loops (not of the matmul libraries) is off for the tests: a quarter
@@ -37,21 +39,48 @@ def sweep():
     return make_sweep
 
 
-@pytest.fixture(scope="session", autouse=True)
-def session_cache_home(tmp_path_factory):
-    """One $XDG_CACHE_HOME in tmp for every process the tests start: `grokjax run` keeps its
-    persistent compilation cache and measured vmap widths there, matplotlib its font cache. A
-    sweep's programs then compile once per session instead of once per test (a cold launch of
-    the smallest sweep spends seconds compiling and measuring; a warm one loads), and nothing is
+def pytest_configure(config):
+    """One $XDG_CACHE_HOME in tmp for the whole run, made by the main process and inherited by
+    pytest-xdist's workers and every process the tests start: `grokjax run` keeps its persistent
+    compilation cache and measured vmap widths there, matplotlib its font cache, and nothing is
     written to the user's ~/.cache. A test about the cache itself names its own --cache-dir."""
-    path = tmp_path_factory.mktemp("xdg_cache")
-    before = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(path)
+    if hasattr(config, "workerinput"):  # a worker: the main process made it
+        return
+    config._grokjax_cache = tempfile.TemporaryDirectory(prefix="grokjax-test-cache-")
+    config._grokjax_xdg = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = config._grokjax_cache.name
+
+
+def pytest_unconfigure(config):
+    if hasattr(config, "_grokjax_cache"):
+        if config._grokjax_xdg is None:
+            os.environ.pop("XDG_CACHE_HOME", None)
+        else:
+            os.environ["XDG_CACHE_HOME"] = config._grokjax_xdg
+        config._grokjax_cache.cleanup()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_cache_home():
+    """The run's $XDG_CACHE_HOME, and JAX's persistent compilation cache in it for the programs
+    tests compile in this process. Most of this suite's time is compiling small programs, and many
+    tests build the same ones (the same tiny sweep, other seeds): each compiles once per run, in
+    whichever worker or child process meets it first, the others load it. Tests whose subject is
+    counting compilations turn it off (``no_persistent_cache``)."""
+    path = Path(os.environ["XDG_CACHE_HOME"])
+    before = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(path / "jax-in-process"))  # not the CLI default: cli_in_process tells them apart
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     yield path
-    if before is None:
-        os.environ.pop("XDG_CACHE_HOME", None)
-    else:
-        os.environ["XDG_CACHE_HOME"] = before
+    jax.config.update("jax_compilation_cache_dir", before)
+
+
+@pytest.fixture
+def no_persistent_cache():
+    """For a test that counts the programs a sweep compiles: no program comes from the disk."""
+    jax.config.update("jax_enable_compilation_cache", False)
+    yield
+    jax.config.update("jax_enable_compilation_cache", True)
 
 
 def devices_env(n: int, as_user: bool = False) -> dict[str, str]:

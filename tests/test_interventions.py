@@ -146,7 +146,7 @@ def reference_run(seed, data_fraction, label_noise, lr, alpha, lamb, factor, ste
     return float(loss(params))
 
 
-def test_every_coefficient_is_an_axis_of_one_program_and_each_run_equals_the_reference(sweep):
+def test_every_coefficient_is_an_axis_of_one_program_and_each_run_equals_the_reference(sweep, no_persistent_cache):
     compiles = []
     jax.monitoring.register_event_duration_secs_listener(
         lambda event, _, **kw: compiles.append(event) if event == "/jax/core/compile/backend_compile_duration"

@@ -57,7 +57,7 @@ def test_user_task_model_and_loss_in_a_grid_equal_a_hand_written_loop():
         assert got[-1] < got[0]  # and it learns
 
 
-def test_lion_grid_is_one_program_and_each_run_equals_optax_lion_alone(sweep):
+def test_lion_grid_is_one_program_and_each_run_equals_optax_lion_alone(sweep, no_persistent_cache):
     compiles = []
     jax.monitoring.register_event_duration_secs_listener(
         lambda event, _, **kw: compiles.append(event) if event == "/jax/core/compile/backend_compile_duration"
