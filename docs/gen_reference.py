@@ -113,7 +113,8 @@ META_KEYS = [
     ("started_at", "local start time, ISO 8601"),
     ("runs", "runs in the sweep"),
     ("groups", "one entry per program (group of runs sharing static settings): see below"),
-    ("compile_time_s", "seconds compiling (or loading from the cache), all groups"),
+    ("compile_time_s", "seconds the rounds waited on compiling (or loading from the cache), all groups; a "
+                       "program compiled ahead, beside training, adds only what was left when it was needed"),
     ("tune_time_s", "seconds measuring vmap widths and layouts (0 when cached)"),
     ("train_time_s", "seconds training, all groups"),
     ("wall_time_s", "seconds from start to the tables written"),
@@ -138,7 +139,11 @@ GROUP_KEYS = [
     ("widths", "the working-set sizes (buckets) the group trained at, in order"),
     ("vmap_widths", "the vmap width of each bucket"),
     ("devices", "devices the run axis was sharded over"),
-    ("compile_time_s", "seconds compiling the group's programs"),
+    ("compile_time_s", "seconds the group's rounds waited on compiling its programs"),
+    ("programs", "every program pair (init and period) the group compiled, in order: `width` (slots), "
+                 "`vmap_width`, `devices`, `lower_s`, `compile_s` (init and period together), `cached` (both "
+                 "from the persistent compilation cache), `background` (compiled ahead, beside training), "
+                 "`waited_s` (what the first round needing it waited; absent if none did)"),
     ("train_time_s", "seconds training the group"),
     ("run_steps", "steps trained by the group's runs"),
     ("slot_steps", "steps computed, frozen and padding slots included"),

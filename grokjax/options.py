@@ -33,7 +33,12 @@ class SweepOptions:
       max_runs_per_chunk: cap on the runs trained at once (None: what fits in memory).
       checkpoint_every: evaluations between checkpoints in ``out/checkpoints`` (0: none).
       resume: continue from the newest readable checkpoint (refused if the settings changed).
-      repack: shrink the working set as runs finish (False keeps its width, for benchmarks).
+      repack: shrink the working set to its survivors as runs finish, when the compute saved
+        exceeds compiling the smaller set's programs (True); "always": into the next of a
+        halving ladder of sizes as soon as the survivors fit, whatever it costs (the scheduler's
+        mechanics, for tests and benchmarks); False keeps its width.
+      compile_ahead: compile a smaller working set's programs in a background thread while the
+        current one trains, and shrink once they are ready (False: the round waits for them).
       tune_cache: file keeping the measured vmap widths ("auto": beside the persistent
         compilation cache when one is enabled; None: measure again each launch).
       overwrite: replace the results of another sweep in ``out``.
@@ -47,7 +52,8 @@ class SweepOptions:
     max_runs_per_chunk: int | None = None
     checkpoint_every: int = 0
     resume: bool = False
-    repack: bool = True
+    repack: bool | str = True
+    compile_ahead: bool = True
     tune_cache: Path | str | None = "auto"
     overwrite: bool = False
 
@@ -70,7 +76,10 @@ class SweepOptions:
         if not isinstance(self.write_every_s, (int, float)) or isinstance(self.write_every_s, bool) \
                 or not self.write_every_s >= 0:
             raise SweepError(f"write_every_s must be a number of seconds >= 0, got {self.write_every_s!r}")
-        for name in ("resume", "repack", "overwrite"):
+        if self.repack not in (True, False, "always") or isinstance(self.repack, int) and \
+                not isinstance(self.repack, bool):
+            raise SweepError(f"repack must be true, false or 'always', got {self.repack!r}")
+        for name in ("resume", "compile_ahead", "overwrite"):
             if not isinstance(getattr(self, name), bool):
                 raise SweepError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.resume and (self.out is None or self.checkpoint_every <= 0):

@@ -61,7 +61,7 @@ def run_sweep(config: SweepConfig, out: str | Path | None = None, progress: bool
         (step, runs, memorized, grokked, diverged, done, run_steps, seconds, last) after each round.
       sweep_text: the sweep file's text, saved as ``out/sweep.toml``.
       **options: the other fields of ``grokjax.options.SweepOptions`` (devices,
-        max_runs_per_chunk, checkpoint_every, resume, repack, tune_cache, overwrite,
+        max_runs_per_chunk, checkpoint_every, resume, repack, compile_ahead, tune_cache, overwrite,
         write_every_s).
 
     Returns:
@@ -220,7 +220,8 @@ class Launch:
         core against one device), or the mesh asked for; with the state to resume, if any."""
         group, options = self.groups[g], self.options
         requested = self.source.runs[group.run_ids[0]].train.runs_per_batch
-        base = Layout(self.mesh, requested, options.max_runs_per_chunk, options.repack, self.tune_cache)
+        base = Layout(self.mesh, requested, options.max_runs_per_chunk, options.repack,
+                      compile_ahead=options.compile_ahead, tune_cache=self.tune_cache)
         if restored is not None:
             m = restored.meta
             state = GroupState(restored.state, restored.host["slots"], m["next_run"], m["run_steps"],
@@ -278,7 +279,7 @@ def _group_meta(stats: GroupStats, group: Group, first: SweepConfig, layout: dic
                 devices=stats.devices, compile_time_s=round(stats.compile_time_s, 3),
                 train_time_s=round(stats.train_time_s, 3), run_steps=stats.run_steps,
                 slot_steps=stats.slot_steps, precision=first.train.precision,
-                matmul_precision=group.program.matmul_precision,
+                matmul_precision=group.program.matmul_precision, programs=stats.programs,
                 **({"layout": layout} if layout is not None else {}))
 
 

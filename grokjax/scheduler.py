@@ -21,8 +21,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from grokjax.errors import SweepError
-from grokjax.program import RUN_AXIS, Program, RunSettings, RunState, make_grid_init, make_grid_period, select_tree
+from grokjax.compiling import Compiled, Compiler, compile_programs
+from grokjax.memory import ceil_div, chunk_width, fit_vmap_width
+from grokjax.program import RUN_AXIS, Program, RunSettings, RunState, make_grid_init, select_tree
 from grokjax.width import tune_runs_per_batch
 
 
@@ -31,10 +32,6 @@ def evals_per_call(n_evals: int, target: int = 25) -> int:
     trips, so progress updates often and the program is compiled once."""
     want = max(1, math.ceil(n_evals / target))
     return min(d for d in range(want, n_evals + 1) if n_evals % d == 0)
-
-
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def put_runs(x: np.ndarray, sharding: NamedSharding | None) -> jax.Array:
@@ -52,81 +49,6 @@ def to_host(tree):
     from jax.experimental import multihost_utils
 
     return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
-
-
-def bytes_per_run(program: Program, settings: RunSettings, runs_per_batch: int) -> tuple[int, int]:
-    """Estimated device bytes of one run's state (parameters, optimizer state, events) and of one
-    vmapped batch's step: every intermediate array of one run's traced training step and of its
-    evaluation on the whole table (an upper bound on what is live at once), times the width.
-    Read off the program itself, whatever the model, loss or optimizer."""
-    one = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape[1:], v.dtype), settings)
-    shapes = jax.eval_shape(program.init_run, one)
-    state = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
-    mask = jax.ShapeDtypeStruct((program.task.size,), jnp.bool_)
-    step = jax.make_jaxpr(lambda s, h, m: program.train_step(s, h, m))(shapes, one, mask)
-    evaluation = jax.make_jaxpr(program.evaluate)(shapes.params, mask)
-    return int(state), (_intermediate_bytes(step.jaxpr) + _intermediate_bytes(evaluation.jaxpr)) * runs_per_batch
-
-
-def _intermediate_bytes(jaxpr) -> int:
-    total = 0
-    for eqn in jaxpr.eqns:
-        for var in eqn.outvars:
-            aval = var.aval
-            if hasattr(aval, "shape") and hasattr(aval, "dtype"):
-                total += int(np.prod(aval.shape, dtype=np.int64)) * aval.dtype.itemsize
-        for param in eqn.params.values():  # nested programs (jit, custom_jvp, ...) count too
-            for sub in param if isinstance(param, (tuple, list)) else (param,):
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    total += _intermediate_bytes(inner)
-    return total
-
-
-def device_memory_bytes(device: jax.Device | None = None) -> int:
-    """Memory of one device: an accelerator's own, or the host's physical memory for a CPU."""
-    device = device or jax.local_devices()[0]
-    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
-    if stats and stats.get("bytes_limit"):
-        return int(stats["bytes_limit"])
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def chunk_width(program: Program, settings: RunSettings, runs_per_batch: int, n_devices: int = 1,
-                max_runs: int | None = None, memory_fraction: float = 0.5) -> int:
-    """How many runs a group trains at once (its working set): as many as fit ``memory_fraction``
-    of one device's memory per device share, capped by ``max_runs``, and a multiple of
-    ``runs_per_batch x n_devices``: every run then goes through the same vmap width, so its
-    numbers do not depend on how the grid was chunked."""
-    unit, n_runs = runs_per_batch * n_devices, len(settings.seed)
-    state, step = bytes_per_run(program, settings, runs_per_batch)
-    offered = memory_fraction * device_memory_bytes()
-    budget = offered - step
-    if budget < state and runs_per_batch > 1:  # say so before XLA fails to allocate
-        raise SweepError(f"train.runs_per_batch = {runs_per_batch} runs vmapped together need about "
-                         f"{(state + step) / 2**30:.1f} GiB (their parameters, optimizer states and one step's "
-                         f"activations) and the device offers {offered / 2**30:.1f} GiB: set train.runs_per_batch "
-                         f"lower (one run needs about {(state + step / runs_per_batch) / 2**30:.1f} GiB)")
-    if budget < state:
-        raise SweepError(f"one run needs about {(state + step) / 2**30:.1f} GiB (parameters, "
-                         f"optimizer state and one step's activations) and the device offers "
-                         f"{offered / 2**30:.1f} GiB: use a smaller model or task, a batch_size, or a device with "
-                         f"more memory")
-    fit = max(1, int(budget // max(state, 1))) * n_devices
-    width = min(n_runs, fit, max_runs or n_runs)
-    return max(unit, ceil_div(width, unit) * unit)
-
-
-def fit_vmap_width(program: Program, settings: RunSettings, runs_per_batch: int,
-                   memory_fraction: float = 0.5) -> int:
-    """The vmap width halved until that many runs (states and one step's activations) fit
-    ``memory_fraction`` of a device: an accelerator's width is its whole share of the runs, which
-    for a large model can exceed its memory."""
-    state, step = bytes_per_run(program, settings, 1)
-    budget, k = memory_fraction * device_memory_bytes(), runs_per_batch
-    while k > 1 and k * (state + step) > budget:
-        k = ceil_div(k, 2)
-    return k
 
 
 def bucket_sizes(width: int, unit: int, floor: int = 1) -> list[int]:
@@ -193,6 +115,7 @@ class GroupStats:
     run_steps: int  # steps actually trained, summed over runs
     slot_steps: int  # steps computed, padding and frozen runs included
     runs_per_batch_choice: dict = dataclasses.field(default_factory=dict)  # how the width was chosen
+    programs: list[dict] = dataclasses.field(default_factory=list)  # every program compiled (compiling.Compiled)
 
 
 class Stop(Exception):
@@ -208,21 +131,22 @@ class GroupTrainer:
         self.runs_per_batch, self.evals_per_round = runs_per_batch, evals_per_round
         self.sharding = NamedSharding(mesh, P(RUN_AXIS)) if mesh is not None else None
         self.devices = mesh.size if mesh is not None else 1
-        self.compiled: dict[int, tuple] = {}  # working-set size -> (init, period)
-        self.compile_time = 0.0
+        self.compiler = Compiler(self._compile)
+
+    def _compile(self, width: int) -> Compiled:
+        # lowered against placed settings, so the programs expect the shardings they will get
+        return compile_programs(self.program, width, self.runs_per_batch, self.evals_per_round, self.mesh,
+                                self.slot_settings(np.full(width, -1)))
+
+    @property
+    def compile_time(self) -> float:
+        """Seconds this group's rounds waited on compilation (a program compiled ahead costs none)."""
+        return self.compiler.waited_s
 
     def programs(self, width: int):
-        """The jitted init and the compiled period of a working set of ``width`` slots."""
-        if width not in self.compiled:
-            t0 = time.perf_counter()
-            init = make_grid_init(self.program, width, self.runs_per_batch, self.mesh)
-            hp = self.slot_settings(np.full(width, -1))
-            # lower against placed arrays, so the program expects the shardings it will get
-            period = make_grid_period(self.program, width, self.runs_per_batch, self.evals_per_round,
-                                      self.mesh).lower(init(hp), hp).compile()
-            self.compiled[width] = (init, period)
-            self.compile_time += time.perf_counter() - t0
-        return self.compiled[width]
+        """The compiled init and period of a working set of ``width`` slots."""
+        compiled = self.compiler.get(width)
+        return compiled.init, compiled.period
 
     def place(self, tree):
         return jax.tree.map(lambda x: put_runs(np.asarray(x), self.sharding), tree)
@@ -269,7 +193,10 @@ class Layout:
       mesh: the devices sharing the run axis (None: one device).
       runs_per_batch: the vmap width asked for (0: chosen by ``tune_runs_per_batch``).
       max_runs_per_chunk: cap on the runs trained at once (None: what fits in memory).
-      repack: shrink the working set into smaller buckets as runs finish (False keeps its width).
+      repack: shrink the working set as runs finish, when the compute saved pays for the
+        program a smaller set needs (False keeps its width).
+      compile_ahead: compile the smaller set's programs in a background thread while the current
+        one trains (False: compile when needed, the round waiting).
       tune_cache: file keeping measured vmap widths (None: measure each time).
       tuned: the vmap width and how it was chosen, when the caller measured it (``choose_layout``).
     """
@@ -278,6 +205,7 @@ class Layout:
     runs_per_batch: int = 0
     max_runs_per_chunk: int | None = None
     repack: bool = True
+    compile_ahead: bool = True
     tune_cache: str | os.PathLike | None = None
     tuned: tuple[int, dict] | None = None
 
@@ -315,11 +243,14 @@ class GroupQueue:
     the queue is empty, and grows back through the buckets when new runs arrive."""
 
     def __init__(self, trainer: GroupTrainer, run_ids: list[int], group: GroupState, repack: bool,
-                 extend: Extend | None):
+                 extend: Extend | None, compile_ahead: bool = False):
         self.trainer, self.run_ids, self.group, self.repack, self.extend = trainer, run_ids, group, repack, extend
+        self.compile_ahead = compile_ahead
         self.first_width = group.base_width or len(group.slots)
         self.unit = trainer.runs_per_batch * trainer.devices
         self.widths, self.slot_steps = [len(group.slots)], 0
+        self.step = np.zeros(len(group.slots), np.int64)  # each slot's steps after the last round
+        self.slot_step_s = 0.0  # seconds one slot-step took in the last round (compilation excluded)
 
     def buckets(self) -> list[int]:
         return bucket_sizes(self.first_width, self.unit, self.trainer.devices)
@@ -327,9 +258,13 @@ class GroupQueue:
     def round(self, t0: float) -> tuple[Round, np.ndarray, np.ndarray]:
         """Train one round; returns it (real runs only), which slots finished and which are real."""
         group, trainer = self.group, self.trainer
+        t, waited = time.perf_counter(), trainer.compile_time
         states, metrics, events, step, finished = trainer.round(group)
         real = group.slots >= 0
-        self.slot_steps += len(group.slots) * trainer.evals_per_round * trainer.program.eval_every
+        slot_steps = len(group.slots) * trainer.evals_per_round * trainer.program.eval_every
+        self.slot_step_s = (time.perf_counter() - t - (trainer.compile_time - waited)) / slot_steps
+        self.slot_steps += slot_steps
+        self.step = step
         group.states = states
         round_ = Round(np.asarray(self.run_ids)[group.slots[real]], {key: v[real] for key, v in metrics.items()},
                        {key: v[real] for key, v in events.items()}, int(step[real].max(initial=0)),
@@ -359,10 +294,48 @@ class GroupQueue:
         alive = np.nonzero(real & ~finished)[0]
         if len(alive) == 0:
             return False
-        smaller = [b for b in self.buckets() if b >= len(alive)][-1]
-        if self.repack and smaller < len(self.group.slots):
-            self._shrink(alive, finished, real, smaller)
+        if self.repack:
+            self._repack(alive, finished, real)
         return True
+
+    def _repack(self, alive: np.ndarray, finished: np.ndarray, real: np.ndarray) -> None:
+        """Shrink to the survivors once it pays: into a smaller set already compiled, or into the
+        smallest that holds them when the compute it saves exceeds compiling it (ahead of time
+        when ``compile_ahead``: the set is taken once its programs are ready). ``repack =
+        "always"``: into the ladder's next bucket as soon as the survivors fit, whatever it costs."""
+        compiler, current = self.trainer.compiler, len(self.group.slots)
+        if self.repack == "always":
+            smaller = [b for b in self.buckets() if b >= len(alive)][-1]
+            if smaller < current:
+                self._shrink(alive, finished, real, smaller)
+            return
+        ready = [w for w in compiler.jobs if len(alive) <= w < current and compiler.ready(w)]
+        if ready:
+            self._shrink(alive, finished, real, min(ready))
+            return
+        size = self.survivor_size(len(alive))
+        if size >= current or not self.pays(current, size, alive):
+            return
+        if not self.compile_ahead:
+            self._shrink(alive, finished, real, size)
+        elif not compiler.pending():
+            compiler.prefetch(size)
+
+    def survivor_size(self, n_alive: int) -> int:
+        """The smallest working set that holds ``n_alive`` runs: a multiple of the vmap width
+        times the devices while at least that many remain, else of the devices alone (each
+        device keeps an equal share; the vmap width narrows)."""
+        devices = self.trainer.devices
+        unit = self.unit if n_alive >= self.unit else devices
+        return max(devices, ceil_div(n_alive, unit) * unit)
+
+    def pays(self, current: int, size: int, alive: np.ndarray) -> bool:
+        """Whether shrinking from ``current`` to ``size`` slots saves more seconds over the
+        survivors' remaining budget (the last round's speed) than its programs cost to compile
+        (this group's compilations so far; nothing once compiled)."""
+        remaining = self.trainer.program.steps - int(self.step[alive].min())
+        saved = (current - size) * remaining * self.slot_step_s
+        return saved > self.trainer.compiler.estimate_s(size)
 
     def _refill(self, free: np.ndarray) -> None:
         group = self.group
@@ -416,7 +389,7 @@ def train_group(program: Program, settings: RunSettings, run_ids: list[int],
         slots = np.where(np.arange(width) < len(run_ids), np.arange(width), -1)
         resume = GroupState(trainer.start(None, slots, np.ones(width, bool)), slots, int(min(width, len(run_ids))), 0,
                             width, per_batch)
-    queue = GroupQueue(trainer, list(run_ids), resume, layout.repack, extend)
+    queue = GroupQueue(trainer, list(run_ids), resume, layout.repack, extend, layout.compile_ahead)
     t0, compiled_before = time.perf_counter(), trainer.compile_time
     while True:
         round_, finished, real = queue.round(t0)
@@ -427,5 +400,6 @@ def train_group(program: Program, settings: RunSettings, run_ids: list[int],
             break
     # buckets compiled on the way do not count as training
     train_time = time.perf_counter() - t0 - (trainer.compile_time - compiled_before)
+    trainer.compiler.close()
     return GroupStats(per_batch, queue.widths, layout.devices, trainer.compile_time, train_time,
-                      queue.group.run_steps, queue.slot_steps, choice)
+                      queue.group.run_steps, queue.slot_steps, choice, trainer.compiler.records())

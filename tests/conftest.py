@@ -69,7 +69,8 @@ def session_cache_home():
     counting compilations turn it off (``no_persistent_cache``)."""
     path = Path(os.environ["XDG_CACHE_HOME"])
     before = jax.config.jax_compilation_cache_dir
-    jax.config.update("jax_compilation_cache_dir", str(path / "jax-in-process"))  # not the CLI default: cli_in_process tells them apart
+    # not the CLI's default folder, so that cli_in_process tells a command that enabled that one
+    jax.config.update("jax_compilation_cache_dir", str(path / "jax-in-process"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     yield path
     jax.config.update("jax_compilation_cache_dir", before)

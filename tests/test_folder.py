@@ -156,8 +156,8 @@ def test_python_api_validates_like_the_cli(sweep):
 
 
 def test_a_run_larger_than_the_device_is_refused_before_training(sweep, monkeypatch):
-    import grokjax.scheduler as scheduler
+    import grokjax.memory as memory
 
-    monkeypatch.setattr(scheduler, "device_memory_bytes", lambda device=None: 2**20)  # a 1 MiB device
+    monkeypatch.setattr(memory, "device_memory_bytes", lambda device=None: 2**20)  # a 1 MiB device
     with pytest.raises(grokjax.SweepError, match="one run needs about .* GiB"):
         grokjax.run_sweep(sweep(), progress=False)

@@ -1,5 +1,6 @@
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import devices_env
@@ -37,7 +38,7 @@ def test_chunked_and_repacked_grid_equals_one_chunk(sweep):
     config = sweep(task=dict(p=23), train=dict(steps=300, eval_every=10, runs_per_batch=2),
                    events=dict(patience=2), grid=dict(data_fraction=[0.9, 0.3], seed=[0, 1, 2, 3]))
     whole = grokjax.run_sweep(config, progress=False)
-    chunked = grokjax.run_sweep(config, progress=False, max_runs_per_chunk=3)
+    chunked = grokjax.run_sweep(config, progress=False, max_runs_per_chunk=3, repack="always")
     # the cap of 3 is rounded up to a multiple of runs_per_batch, so every run sees one vmap width
     assert whole.meta["groups"][0]["widths"][0] == 8 and chunked.meta["groups"][0]["widths"][0] == 4
     pd.testing.assert_frame_equal(whole.runs, chunked.runs, check_exact=True)
@@ -48,7 +49,7 @@ def test_repacking_saves_compute_when_most_runs_finish_early(sweep):
     # 6 runs grok within ~700 steps at 80-90 % data; the two at 30 % train for the whole budget
     config = sweep(task=dict(p=23), train=dict(steps=1500, eval_every=10, runs_per_batch=1), events=dict(patience=2),
                    grid=dict(data_fraction=[0.9, 0.85, 0.8, 0.3], seed=[0, 1]))
-    results = grokjax.run_sweep(config, progress=False)
+    results = grokjax.run_sweep(config, progress=False, repack="always")
     group = results.meta["groups"][0]
     assert group["widths"][0] == 8 and group["widths"][-1] < 8
     assert group["slot_steps"] <= 0.8 * 8 * 1500  # without repacking every slot runs to the end
@@ -68,13 +69,49 @@ def test_buckets_shrink_in_vmap_widths_then_narrow_them():
 def test_repacking_at_the_accelerators_vmap_width_narrows_it(sweep):
     # runs_per_batch = the working set, as on an accelerator: half the runs diverge at once
     config = sweep(train=dict(steps=20, eval_every=10, runs_per_batch=8), grid=dict(lr=[1e-2, 1e20], seed=[0, 1, 2, 3]))
-    packed = grokjax.run_sweep(config, progress=False)
+    packed = grokjax.run_sweep(config, progress=False, repack="always")
     wide = grokjax.run_sweep(config, progress=False, repack=False)
     group = packed.meta["groups"][0]
     assert group["widths"] == [8, 4] and group["vmap_widths"] == [8, 4]
     assert group["slot_steps"] < wide.meta["groups"][0]["slot_steps"]
     pd.testing.assert_frame_equal(packed.runs, wide.runs, check_exact=False, rtol=1e-6)
     pd.testing.assert_frame_equal(packed.curves, wide.curves, check_exact=False, rtol=1e-6)
+
+
+DIVERGING = dict(train=dict(steps=40, eval_every=10, runs_per_batch=8), grid=dict(lr=[1e-2, 1e20], seed=[0, 1, 2, 3]))
+
+
+def test_repacking_waits_until_the_compute_saved_pays_for_the_compilation(sweep):
+    # half the runs diverge at once: 4 slots x 40 steps of a tiny MLP are milliseconds, far less
+    # than compiling a program of 4 slots costs, so the working set keeps its width
+    results = grokjax.run_sweep(sweep(**DIVERGING), progress=False, compile_ahead=False)
+    assert results.meta["groups"][0]["widths"] == [8]
+
+
+@pytest.mark.parametrize("ahead", [False, True])
+def test_a_working_set_that_pays_shrinks_to_its_survivors(sweep, monkeypatch, ahead):
+    from grokjax import compiling
+
+    monkeypatch.setattr(compiling.Compiler, "estimate_s", lambda self, width: 0.0)  # compiling costs nothing
+    if ahead:  # the background compilation done at once, so the shrink's round is known
+        monkeypatch.setattr(compiling.Compiler, "prefetch", compiling.Compiler.get)
+    config = sweep(**DIVERGING)
+    packed = grokjax.run_sweep(config, progress=False, compile_ahead=ahead)
+    wide = grokjax.run_sweep(config, progress=False, repack=False)
+    group = packed.meta["groups"][0]
+    assert group["widths"] == [8, 4] and group["vmap_widths"] == [8, 4]  # the 4 survivors, not a ladder's bucket
+    assert group["slot_steps"] < wide.meta["groups"][0]["slot_steps"]
+    pd.testing.assert_frame_equal(packed.runs, wide.runs, check_exact=False, rtol=1e-6)
+    pd.testing.assert_frame_equal(packed.curves, wide.curves, check_exact=False, rtol=1e-6)
+
+
+def test_survivors_fill_working_sets_in_multiples_of_the_vmap_width(sweep):
+    from grokjax.scheduler import GroupQueue, GroupState, GroupTrainer
+
+    runs = sweep(grid=dict(seed=list(range(4)))).runs()
+    trainer = GroupTrainer(build_program(runs[0], runs), run_settings(runs), None, 4, 1)
+    queue = GroupQueue(trainer, list(range(4)), GroupState(None, np.arange(16), 4), True, None)
+    assert [queue.survivor_size(n) for n in (16, 13, 12, 9, 5, 4, 3, 1)] == [16, 16, 12, 12, 8, 4, 3, 1]
 
 
 def test_runs_added_while_training_grow_a_shrunk_group_back(sweep):
@@ -93,7 +130,8 @@ def test_runs_added_while_training_grow_a_shrunk_group_back(sweep):
             return [4, 5, 6, 7], run_settings(extra)
         return None
 
-    stats = train_group(program, run_settings(runs), list(range(4)), lambda r, gs: rounds.append(r), extend=extend)
+    stats = train_group(program, run_settings(runs), list(range(4)), lambda r, gs: rounds.append(r),
+                        Layout(repack="always"), extend=extend)
     assert stats.widths == [4, 1, 4] and len(added) == 1
     alone = grokjax.run_sweep(later, progress=False).curves
     columns = ["step", "train_loss", "train_acc", "test_loss", "test_acc", "param_norm"]
@@ -161,15 +199,15 @@ def test_sharded_grid_equals_one_device(sharded, devices, chunk):
 
 
 def test_a_vmap_width_that_would_not_fit_is_halved_or_refused_by_name(sweep, monkeypatch):
-    import grokjax.scheduler as scheduler
+    import grokjax.memory as memory
     from grokjax.errors import SweepError
 
     config = sweep(grid=dict(seed=list(range(8))))
     runs = config.runs()
     program, settings = build_program(runs[0], runs), run_settings(runs)
-    state, step = scheduler.bytes_per_run(program, settings, 1)
-    monkeypatch.setattr(scheduler, "device_memory_bytes", lambda device=None: int(2 * 2.5 * (state + step)))
-    assert scheduler.fit_vmap_width(program, settings, 8) == 2  # 2.5 runs fit half the device
+    state, step = memory.bytes_per_run(program, settings, 1)
+    monkeypatch.setattr(memory, "device_memory_bytes", lambda device=None: int(2 * 2.5 * (state + step)))
+    assert memory.fit_vmap_width(program, settings, 8) == 2  # 2.5 runs fit half the device
     with pytest.raises(SweepError, match="train.runs_per_batch = 8 runs vmapped together need about"):
-        scheduler.chunk_width(program, settings, 8)
-    assert scheduler.chunk_width(program, settings, 2) == 8  # states are small: all 8 held, 2 computed at once
+        memory.chunk_width(program, settings, 8)
+    assert memory.chunk_width(program, settings, 2) == 8  # states are small: all 8 held, 2 computed at once

@@ -1,0 +1,111 @@
+"""Repacking against none: does shrinking the working set pay for its compilations?
+
+The 16-run sweep of issue #24 (the MLP on (x + y) mod 23, 4 seeds x data_fraction {0.6, 0.8}
+x weight_decay {1, 3}, lr 1e-2, 1,500 steps, runs_per_batch = 16), trained once per variant,
+each in a fresh process with an empty compilation cache (every program compiles cold), one
+variant after the other in turns:
+
+- ``off``: ``repack=False``, the working set keeps its 16 slots;
+- ``ladder``: ``repack="always"``, halving as soon as the survivors fit (what repacking did
+  before it weighed compilation);
+- ``pays``: ``repack=True, compile_ahead=False``: shrink to the survivors only when the compute
+  saved exceeds the compilation, the round waiting for it;
+- ``ahead``: ``repack=True`` (the default): the same, compiled in a background thread.
+
+Prints wall time, seconds waited on compilation, programs compiled, slot-steps, widths, and
+whether the results equal ``off``'s (exactly, or the largest relative difference).
+
+    python benchmarks/repack.py [--devices default|8] [--rounds 1] [--variants off,ladder,pays,ahead]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+SWEEP = dict(name="repack16", task=dict(name="add", p=23), model=dict(name="mlp"),
+             optimizer=dict(lr=1e-2), train=dict(steps=1500, eval_every=10, runs_per_batch=16),
+             grid=dict(seed=[0, 1, 2, 3], data_fraction=[0.6, 0.8], weight_decay=[1.0, 3.0]))
+VARIANTS = dict(off=dict(repack=False), ladder=dict(repack="always"), pays=dict(repack=True, compile_ahead=False),
+                ahead=dict(repack=True, compile_ahead=True))
+CHILD = """
+import json, sys, time
+from grokjax.width import use_cores_as_devices
+if {cores!r}:
+    use_cores_as_devices()  # the layout the grokjax command gives a CPU
+import grokjax
+t0 = time.perf_counter()
+r = grokjax.run_sweep(grokjax.sweep_from_dict({sweep!r}), {out!r}, progress=False, tune_cache=None, **{options!r})
+wall = time.perf_counter() - t0
+g = r.meta["groups"][0]
+print(json.dumps(dict(wall_s=wall, compile_s=r.meta["compile_time_s"], programs=len(g["programs"]),
+                      slot_steps=g["slot_steps"], widths=g["widths"], devices=g["devices"])))
+"""
+
+
+def run_variant(name: str, devices: str, out: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    if devices != "default":
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    with tempfile.TemporaryDirectory() as cache:
+        env["XDG_CACHE_HOME"] = cache  # an empty persistent cache: every program compiles cold
+        code = CHILD.format(cores=devices == "default", sweep=SWEEP, out=str(out), options=VARIANTS[name])
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise SystemExit(f"{name}: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def difference(a: Path, b: Path) -> str:
+    """'exact', or the largest relative difference of the two folders' numeric columns."""
+    worst = 0.0
+    for table in ("runs.parquet", "curves.parquet"):
+        x, y = pd.read_parquet(a / table), pd.read_parquet(b / table)
+        if x.equals(y):
+            continue
+        for column in x.select_dtypes("number").columns:
+            u, v = x[column].to_numpy(float), y[column].to_numpy(float)
+            both = np.isfinite(u) & np.isfinite(v)
+            if not np.array_equal(np.isfinite(u), np.isfinite(v)):
+                return f"{table}:{column} differs in which values are finite"
+            scale = np.maximum(np.abs(u[both]), 1e-12)
+            worst = max(worst, float(np.max(np.abs(u[both] - v[both]) / scale, initial=0.0)))
+    return "exact" if worst == 0 else f"rel {worst:.1e}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", default="default", help="'default' (the CLI's layout) or a device count")
+    parser.add_argument("--rounds", type=int, default=1, help="turns of every variant")
+    parser.add_argument("--variants", default="off,ladder,pays,ahead")
+    args = parser.parse_args()
+    names = args.variants.split(",")
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        parser.error(f"--variants: unknown {unknown}; choose from {sorted(VARIANTS)}")
+    print(f"# repacking, 16 runs of the MLP on (x + y) mod 23, 1,500 steps; {platform.machine()}, "
+          f"{os.cpu_count()} cores, devices {args.devices}, {datetime.date.today()}, cold compiles")
+    print("| variant | round | wall s | waited on compiling s | programs | slot-steps | widths | results vs off |")
+    print("|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            for name in names:
+                out = Path(tmp) / f"{name}-{r}"
+                m = run_variant(name, args.devices, out)
+                same = difference(Path(tmp) / f"off-{r}", out) if "off" in names and name != "off" else "-"
+                print(f"| {name} | {r} | {m['wall_s']:.1f} | {m['compile_s']:.1f} | {m['programs']} | "
+                      f"{m['slot_steps']:,} | {m['widths']} | {same} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
