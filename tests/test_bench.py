@@ -35,3 +35,27 @@ def test_quick_suite_writes_its_report(tmp_path):
     grids = [r for r in saved if r["implementation"] == "grokjax_grid"]
     assert all(r["runs_per_batch"] >= 1 and r["devices"] >= 1 for r in grids)
     assert f"| {grids[0]['devices']} x {grids[0]['runs_per_batch']} |" in report  # the layout the grid ran
+
+
+@pytest.mark.slow  # the prepared device check end to end at toy sizes: every section, on the CPU
+def test_the_prepared_device_check_runs_tiny_on_a_cpu(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "accelerator.py"
+    spec = importlib.util.spec_from_file_location("accelerator", path)
+    accelerator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(accelerator)
+    assert accelerator.main(["--tiny", "--out", str(tmp_path), "--budget-s", "3600"]) == 0
+    saved = json.loads((tmp_path / "accelerator.json").read_text())
+    rows = saved["rows"]
+    assert {r["section"] for r in rows} == {"workloads", "nanda", "search"}  # nothing skipped or failed
+    assert not [r for r in rows if "error" in r]
+    grids = [r for r in rows if r.get("implementation") == "grokjax_grid"]
+    assert {(r["workload"], r["precision"]) for r in grids} == {(w, p) for w in WORKLOADS
+                                                               for p in ("float32", "tensorfloat32")}
+    assert all(r["run_steps_per_s"] > 0 and r["compile_s"] for r in grids)
+    nanda, search = (next(r for r in rows if r["section"] == s) for s in ("nanda", "search"))
+    assert nanda["projected_10k_s"] > 0 and search["programs"] >= 1
+    table = (tmp_path / "accelerator.md").read_text()
+    assert "| workloads | W4 grokjax_grid | tensorfloat32 |" in table and "full 10k-step diagram projected" in table
