@@ -57,14 +57,16 @@ function show(i, j) {
   ids.forEach((id, k) => {
     const c = D.curves[id], color = PALETTE[k % PALETTE.length];
     if (!c) return;
-    const label = 'run ' + id + D.columns.slice(1, 1 + D.varying).map((n, m) => ' ' + n + '=' + fmt(D.runs[id][m + 1])).join('');
+    const label = 'run ' + id + D.columns.slice(1, 1 + D.varying)
+      .map((n, m) => ' ' + n + '=' + fmt(D.runs[id][m + 1])).join('');
     traces.push({x: c.step, y: c.test_acc, name: label + ' test', legendgroup: String(id), mode: 'lines',
                  line: {color: color, width: 2}});
     traces.push({x: c.step, y: c.train_acc, name: label + ' train', legendgroup: String(id), mode: 'lines',
                  line: {color: color, width: 1.2, dash: 'dash'}});
   });
-  Plotly.react(curves, traces, {xaxis: {title: {text: 'step'}}, yaxis: {title: {text: 'accuracy (solid test, dashed train)'},
-      range: [0, 1.03]}, margin: {t: 10, r: 10}, legend: {font: {size: 10}}}, {displaylogo: false, responsive: true});
+  Plotly.react(curves, traces, {xaxis: {title: {text: 'step'}},
+      yaxis: {title: {text: 'accuracy (solid test, dashed train)'}, range: [0, 1.03]}, margin: {t: 10, r: 10},
+      legend: {font: {size: 10}}}, {displaylogo: false, responsive: true});
   curves.dataset.cell = i + ',' + j;
   curves.dataset.runs = ids.join(',');
   const head = '<tr>' + D.columns.map(c => '<th>' + c + '</th>').join('') + '</tr>';
