@@ -117,7 +117,8 @@ def export_wandb(path: str | Path, project: str, entity: str | None = None, offl
     mode = "offline" if offline else None
     for run in runs:
         live = wandb.init(project=project, entity=entity, name=run["name"], group=run["group"],
-                          job_type="grokjax", config=run["config"], mode=mode, reinit="create_new")
+                          job_type="grokjax", config=run["config"], mode=mode, reinit="create_new",
+                          settings=wandb.Settings(silent=True))  # one line at the end, not dozens per run
         try:
             for row in run["history"]:
                 step = row["step"]

@@ -1,6 +1,8 @@
 import json
 import struct
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import cli_in_process, make_sweep
@@ -101,3 +103,6 @@ def test_offline_export_writes_runs_wandb_sync_reads(folder, tmp_path, monkeypat
         assert summary["phase"] == want["summary"]["phase"]
         seen.add(run.display_name)
     assert seen == set(expected)
+    sync = subprocess.run([str(Path(sys.executable).with_name("wandb")), "sync", "--dry-run", *map(str, files)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert sync.returncode == 0 and "Would sync 8 run(s)" in sync.stdout + sync.stderr, sync.stderr
