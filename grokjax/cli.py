@@ -1,7 +1,7 @@
 """Command line: ``grokjax run FILE`` trains a sweep, ``search FILE`` finds its phase boundary with
-few runs, ``plot DIR``, ``summary DIR`` and ``report DIR`` read results, ``export DIR --wandb PROJECT`` copies
-them to W&B, ``bench`` measures throughput, ``info``
-lists tasks, settings and devices."""
+few runs, ``plot DIR``, ``summary DIR`` and ``report DIR`` read results, ``export DIR --wandb
+PROJECT`` copies them to W&B, ``bench`` measures throughput, ``info`` lists tasks, settings and
+devices."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from grokjax.analysis import METRICS, cell_summary
+from grokjax.cli_share import add_share_commands
 from grokjax.options import SweepOptions
 from grokjax.plots import FORMATS, default_axes, has_progress_measures, plot_results, progress_figure
 from grokjax.results import load_results, saved_grid, saved_search
@@ -255,28 +256,6 @@ def _summary_command(args) -> int:
     return 0
 
 
-def _report_command(args) -> int:
-    from grokjax.report import write_report
-
-    try:
-        out = write_report(args.dir, args.out)
-    except (FileNotFoundError, SweepError) as e:
-        return _fail(str(e))
-    print(f"grokjax: report in {out} ({out.stat().st_size / 1e6:.1f} MB, opens offline)")
-    return 0
-
-
-def _export_command(args) -> int:
-    from grokjax.export import export_wandb
-
-    try:
-        note = export_wandb(args.dir, args.wandb, entity=args.entity, offline=args.offline)
-    except (FileNotFoundError, SweepError) as e:
-        return _fail(str(e))
-    print(f"grokjax: {note}")
-    return 0
-
-
 def _info(args) -> int:
     from grokjax.plugins import plugin_doc, resolve, settings_of
     from grokjax.run import package_versions
@@ -388,19 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--x", help="first axis (default as for plot)")
     summary.add_argument("--y", help="second axis (default as for plot)")
     summary.set_defaults(func=_summary_command)
-    report = sub.add_parser("report", help="one self-contained HTML page of a results folder: settings, summary, "
-                                           "figures, an interactive phase diagram")
-    report.add_argument("dir", help="results folder")
-    report.add_argument("--out", help="the HTML file (default: DIR/report.html; a file a report did not write is "
-                                      "never replaced)")
-    report.set_defaults(func=_report_command)
-    export = sub.add_parser("export", help="copy a results folder to W&B: one run per grid run, grouped by cell")
-    export.add_argument("dir", help="results folder")
-    export.add_argument("--wandb", required=True, metavar="PROJECT", help="the W&B project (extra: grokjax[wandb])")
-    export.add_argument("--entity", help="the W&B entity (default: yours)")
-    export.add_argument("--offline", action="store_true",
-                        help="write offline runs only (as WANDB_MODE=offline), for `wandb sync` later")
-    export.set_defaults(func=_export_command)
+    add_share_commands(sub)  # report, export
     bench = sub.add_parser("bench", help="throughput of the grid against per-run loops (JAX, PyTorch)")
     bench.add_argument("--out", default=".", help="folder for bench.json, bench.md and bench.png (default: .)")
     bench.add_argument("--quick", action="store_true", help="small sizes (minutes on a CPU)")
