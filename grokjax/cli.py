@@ -1,6 +1,7 @@
 """Command line: ``grokjax run FILE`` trains a sweep, ``search FILE`` finds its phase boundary with
-few runs, ``plot DIR`` and ``summary DIR`` read results, ``bench`` measures throughput, ``info``
-lists tasks, settings and devices."""
+few runs, ``plot DIR``, ``summary DIR`` and ``report DIR`` read results, ``export DIR --wandb
+PROJECT`` copies them to W&B, ``bench`` measures throughput, ``info`` lists tasks, settings and
+devices."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from grokjax.analysis import METRICS, cell_summary
+from grokjax.cli_share import add_share_commands
 from grokjax.options import SweepOptions
 from grokjax.plots import FORMATS, default_axes, has_progress_measures, plot_results, progress_figure
 from grokjax.results import load_results, saved_grid, saved_search
@@ -365,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--x", help="first axis (default as for plot)")
     summary.add_argument("--y", help="second axis (default as for plot)")
     summary.set_defaults(func=_summary_command)
+    add_share_commands(sub)  # report, export
     bench = sub.add_parser("bench", help="throughput of the grid against per-run loops (JAX, PyTorch)")
     bench.add_argument("--out", default=".", help="folder for bench.json, bench.md and bench.png (default: .)")
     bench.add_argument("--quick", action="store_true", help="small sizes (minutes on a CPU)")

@@ -12,6 +12,7 @@ import pytest
 from conftest import cli_in_process, make_sweep
 
 import grokjax
+from grokjax.export import wandb_runs
 from grokjax.folder import describe
 from grokjax.plugins import resolve
 from grokjax.results import column_of, run_columns, saved_grid, saved_search, saved_sweep, varying_settings
@@ -113,7 +114,7 @@ def has_search(folder) -> bool:
 
 
 def test_cli_readers_run_nothing(planted, tmp_path):
-    commands = [("plot", planted), ("summary", planted)]
+    commands = [("plot", planted), ("summary", planted), ("report", planted, "--out", tmp_path / "report.html")]
     if not has_search(planted):  # the search only changes the default axes: the rest once
         commands += [("plot", planted, "--out", tmp_path / "figs", "--format", "svg", "--facet", "seed"),
                      ("plot", planted, "--progress", "--out", tmp_path / "progress"),
@@ -139,6 +140,7 @@ def test_python_readers_run_nothing(planted):
     search = dict(axis="lr", by=["data_fraction", "weight_decay"], criterion="memorize")
     assert saved_search(planted, results.runs) == (search if has_search(planted) else None)
     assert "'planted' (4 runs" in describe(planted)[0]
+    assert len(wandb_runs(planted)) == 4  # what export sends to W&B
     assert_untouched(planted)
 
 
