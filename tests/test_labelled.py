@@ -6,37 +6,17 @@ import dataclasses
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_sweep
+from conftest import made_up_results, make_sweep
 
 import grokjax
-from grokjax.checkpoint import config_fingerprint
 from grokjax.errors import SweepError
-from grokjax.metrics import CURVE_METRICS
-from grokjax.results import curves_table, runs_table
 from grokjax.sweep import sweep_from_dict
-
-
-def _results(config, runs, extra=None) -> grokjax.Results:
-    """Results of ``runs`` as the recorder writes them (``runs_table``, ``curves_table``), with
-    events and curves made up from the run ids: the conversion reads tables, not training."""
-    ids = np.arange(len(runs))
-    events = dict(memorize_step=np.where(ids % 2, 10, -1), grok_step=np.where(ids % 3 == 0, 20, -1),
-                  diverged=ids == 5, diverged_step=np.where(ids == 5, 10, -1), done=ids % 3 == 0)
-    steps = np.array([10, 20])
-    part = {"run_id": np.repeat(ids, 2), "step": np.tile(steps, len(ids)),
-            **{m: np.repeat(ids, 2) + np.tile(steps, len(ids)) / 100 for m in CURVE_METRICS}}
-    curves = curves_table([part])
-    table = runs_table(config, ids, runs, events, curves)
-    if extra is not None:
-        table.insert(1, "probe", extra)
-    meta = dict(name=config.name, config=config_fingerprint(config), complete=True)
-    return grokjax.Results(table, curves, meta)
 
 
 @pytest.fixture(scope="module")
 def grid():
     config = make_sweep(task=dict(p=11), grid=dict(weight_decay=[1.0, 0.1], seed=[0, 1], data_fraction=[0.3, 0.6]))
-    return _results(config, config.runs())
+    return made_up_results(config, config.runs())
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +27,7 @@ def search():
         search=dict(axis="data_fraction", low=0.3, high=0.7, resolution=0.2, seeds=2, direction="up")))
     probes = [(1.0, 0.3), (1.0, 0.7), (0.3, 0.5)]
     runs = [config.replace(weight_decay=wd, data_fraction=f, seed=s) for wd, f in probes for s in (0, 1)]
-    results = _results(config, runs, extra=np.repeat(np.arange(3), 2))
+    results = made_up_results(config, runs, extra=np.repeat(np.arange(3), 2))
     boundary = pd.DataFrame(dict(weight_decay=[1.0, 0.3], critical_value=[0.7, np.nan], status=["bracketed",
                                  "unfinished"], probes=[2, 1], probed_values=[[0.3, 0.7], [0.5]]))
     return dataclasses.replace(results, boundary=boundary)
