@@ -114,6 +114,7 @@ class SweepCheckpointer:
             return
         changes = describe_changes(found[1]["config"], config_fingerprint(config))
         if changes:
-            raise SweepError("the sweep file changed since its checkpoint; refusing to resume. Changed: "
-                             + "; ".join(changes) + ". Use another --out folder, or restore the file.")
+            raise SweepError("the sweep's settings (its file and any --set overrides) changed since its checkpoint; "
+                             "refusing to resume. Changed: " + "; ".join(changes) + ". Use another --out folder, or "
+                             "restore the file and overrides (DIR/sweep.toml holds them as they ran).")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -18,12 +19,13 @@ import pandas as pd
 from grokjax.analysis import METRICS, cell_summary
 from grokjax.cli_share import add_share_commands
 from grokjax.options import SweepOptions
+from grokjax.overrides import describe as describe_overrides
 from grokjax.plots import FORMATS, default_axes, has_progress_measures, plot_results, progress_figure
 from grokjax.results import load_results, saved_grid, saved_search
 from grokjax.run import Interrupted, enable_compilation_cache, plan, train_source
 from grokjax.search import SearchSource, lattice
 from grokjax.sources import GridSource
-from grokjax.sweep import SweepError, load_sweep
+from grokjax.sweep import SweepError, load_sweep, sweep_text
 from grokjax.width import use_cores_as_devices
 
 EXIT_BAD_INPUT = 2
@@ -39,16 +41,16 @@ SWEEP_FILE_IS_CODE = ("A sweep file is code: its task, model, optimizer and loss
 def _run(args) -> int:
     search = args.command == "search"
     try:
-        config = load_sweep(args.file)
+        config = load_sweep(args.file, args.set)
         source = _source(args.file, config, search)
         options = SweepOptions(out=Path(args.out) if args.out else Path("results") / config.name,
-                               progress=not args.quiet, sweep_text=Path(args.file).read_text(),
+                               progress=not args.quiet, sweep_text=sweep_text(args.file, args.set),
                                devices=args.devices, max_runs_per_chunk=args.max_runs_per_chunk,
                                checkpoint_every=args.checkpoint_every, resume=args.resume, overwrite=args.overwrite)
     except SweepError as e:
         return _fail(str(e))
     if args.dry_run:
-        return _dry_run(source, options)
+        return _dry_run(source, options, args.set)
     if args.coordinator or args.distributed:
         # one process per host; JAX reads SLURM and its own environment variables for the rest
         jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
@@ -61,12 +63,17 @@ def _run(args) -> int:
         return _fail(str(e))
     except Interrupted as e:
         print(f"\ngrokjax: stopped by signal {e.signum}; checkpoint in {e.checkpoint}. Continue with: "
-              f"grokjax {args.command} {args.file} --out {options.out} --resume", file=sys.stderr)
+              f"grokjax {args.command} {shlex.join([args.file, *_set_flags(args.set)])} --out {options.out} --resume",
+              file=sys.stderr)
         return 128 + e.signum
     if jax.process_index() != 0:
         return 0  # process 0 reports and writes for every host
     _report(config, results, options.out, args.quiet)
     return 0
+
+
+def _set_flags(overrides: list[str]) -> list[str]:
+    return [word for o in overrides for word in ("--set", o)]
 
 
 def _source(file: str, config, search: bool):
@@ -110,7 +117,7 @@ def _report(config, results, out: Path, quiet: bool) -> None:
         print(_summary(runs, *axes))
 
 
-def _dry_run(source, options: SweepOptions) -> int:
+def _dry_run(source, options: SweepOptions, overrides: list[str]) -> int:
     """Check everything a launch checks (plug-ins built and traced, devices) and print the plan;
     train and write nothing. Building the plug-ins imports and calls them: a sweep file is code."""
     try:
@@ -122,7 +129,8 @@ def _dry_run(source, options: SweepOptions) -> int:
     what = (f"a search for the critical {config.search.axis} over {len(lattice(config.search))} values in {n_cells} "
             f"cell{'s' if n_cells != 1 else ''} ({axes})" if isinstance(source, SearchSource)
             else f"{n_cells} runs ({axes})")
-    print(f"grokjax: sweep '{config.name}' is valid: {what} in {n} program{'s' if n != 1 else ''}; "
+    changed = f" (with {describe_overrides(overrides)})" if overrides else ""
+    print(f"grokjax: sweep '{config.name}'{changed} is valid: {what} in {n} program{'s' if n != 1 else ''}; "
           f"nothing trained (--dry-run)")
     return 0
 
@@ -311,6 +319,10 @@ def _fail(message: str) -> int:
 def _training_options(parser: argparse.ArgumentParser, what: str) -> None:
     """The options ``run`` and ``search`` share."""
     parser.add_argument("--out", help="results folder (default: results/<sweep name>)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a setting of the file, validated as the file's own (repeatable): "
+                             "--set optimizer.lr=3e-3 --set 'grid.seed=[0,1,2]'; VALUE is TOML, a bare word a "
+                             "string; saved in DIR/sweep.toml")
     parser.add_argument("--quiet", action="store_true", help="no progress line or summary")
     parser.add_argument("--devices", type=int, help="devices sharing the run axis (default: all local devices; "
                                                     "on a CPU, each group measures one device against one per core)")

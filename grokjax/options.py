@@ -25,8 +25,10 @@ class SweepOptions:
     Attributes:
       out: results folder (None: return the tables without writing them).
       progress: True for a status line on stderr, False for none, or a callable receiving a dict
-        (step, runs, memorized, grokked, diverged, done, run_steps, seconds, last) after each
-        round trip; the counts cover the whole sweep so far.
+        (step, runs, memorized, grokked, diverged, done, run_steps, seconds, last,
+        run_steps_budget, run_steps_left) after each round trip; the counts and the budget (the
+        run-steps of the runs so far, and what of it the unfinished runs have left) cover the
+        whole sweep so far, run_steps and seconds the group in progress.
       sweep_text: the sweep file's text, saved as ``out/sweep.toml``.
       write_every_s: seconds between part-way writes of the results folder.
       devices: how many local devices share the run axis (None: all).

@@ -28,6 +28,32 @@ class Results:
     meta: dict
     boundary: pd.DataFrame | None = None  # a search's critical values (boundary.parquet)
 
+    def to_xarray(self, curves: bool = True):
+        """The results as an ``xarray.Dataset`` whose dimensions are the grid's axes
+        (``grokjax.labelled``): ``ds.grok_step.median("seed")``, ``ds.test_acc.sel(step=500)``.
+
+        Args:
+          curves: also the curve columns, over the grid's axes and ``step``.
+
+        Returns:
+          The Dataset: per-run columns as variables over the grid's axes (a search: its ``by``
+          axes, the searched axis and ``seed``, with the boundary's columns over the ``by`` axes),
+          curve columns over those and ``step``, NaN where a cell has no run; the settings every
+          run shares, the sweep's name and whether it is complete, as attributes.
+
+        Raises:
+          SweepError: the runs table cannot be labelled by the grid's axes.
+
+        Example:
+          >>> ds = grokjax.load_results("results/quickstart").to_xarray()
+          >>> ds.grok_step.median("seed").plot()
+        """
+        from grokjax.labelled import to_dataset
+
+        attrs = {k: self.meta[k] for k in ("name", "complete") if k in self.meta}
+        return to_dataset(self.runs, self.curves if curves else None, label_columns(self.meta, self.runs), attrs,
+                          self.boundary)
+
 
 def _steps(values) -> pd.Series:
     values = np.asarray(values)
@@ -158,6 +184,47 @@ def write_results(out: Path, runs: pd.DataFrame, curves: pd.DataFrame, meta: dic
     (out / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
     if sweep_text is not None:
         (out / SWEEP_FILE).write_text(sweep_text)
+
+
+def label_columns(meta: dict, runs: pd.DataFrame) -> list[str]:
+    """The runs columns that label a run: the grid's axes in file order, from ``meta.json``'s
+    settings (``grid.<axis>``); a search adds its axis and ``seed``. Where meta holds no grid (a
+    folder of an older grokjax), the settings columns that vary.
+
+    Args:
+        meta: the results' ``meta.json``.
+        runs: the runs table.
+    Returns:
+        Column names, each a column of ``runs``.
+    """
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    grid = [column_of(key[len("grid."):], runs.columns) for key in config if key.startswith("grid.")]
+    if not config or None in grid:
+        grid = [k for k, _ in varying_settings(runs)]
+    if isinstance(config.get("search.axis"), str):
+        grid += [column_of(config["search.axis"], runs.columns), "seed"]
+    return [c for c in dict.fromkeys(grid) if c in runs.columns]
+
+
+def load_dataset(path: str | Path, curves: bool = True):
+    """A results folder as an ``xarray.Dataset`` over the grid's axes: ``load_results(path).to_xarray()``.
+
+    Args:
+      path: the results folder, finished or still running.
+      curves: also the curve columns, over the grid's axes and ``step``.
+
+    Returns:
+      The Dataset (``Results.to_xarray``). Reads data only: nothing the folder names is imported.
+
+    Raises:
+      FileNotFoundError: a folder without ``runs.parquet``.
+      SweepError: a damaged file, or runs the grid's axes do not tell apart.
+
+    Example:
+      >>> ds = grokjax.load_dataset("results/quickstart")
+      >>> (ds.phase == "comprehension").mean("seed")
+    """
+    return load_results(path).to_xarray(curves)
 
 
 def load_results(path: str | Path) -> Results:
@@ -330,5 +397,5 @@ def saved_search(path: str | Path, runs: pd.DataFrame) -> dict | None:
     return dict(axis=axis, by=by, criterion=criterion)
 
 
-__all__ = ["Results", "load_results", "write_results", "runs_table", "curves_table", "saved_sweep", "saved_grid",
-           "saved_search", "column_of", "varying_settings"]
+__all__ = ["Results", "load_results", "load_dataset", "label_columns", "write_results", "runs_table", "curves_table",
+           "saved_sweep", "saved_grid", "saved_search", "column_of", "varying_settings"]

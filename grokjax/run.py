@@ -134,7 +134,8 @@ class Session:
         self.recorder.record(round_)
         if self.reporter:
             self.reporter(dict(step=round_.step, runs=len(self.recorder.runs), **self.recorder.counts(),
-                               run_steps=round_.run_steps, seconds=round_.seconds, last=round_.last), group=g)
+                               run_steps=round_.run_steps, seconds=round_.seconds, last=round_.last,
+                               **self.recorder.work()), group=g)
         if self.checkpointer is None:
             return
         self.evals_since_save += round_.evals
@@ -172,12 +173,16 @@ class Launch:
         self.prepare_folder(restored)
         checkpointer = SweepCheckpointer(self.options.checkpoints) if self.options.checkpoints else None
         group_meta: list[dict] = restored.meta["group_meta"] if restored else []
-        reporter = _reporter(self.options.progress, self.source.runs, len(self.groups)) if self.primary else None
+        reporter = _reporter(self.options.progress, self.source, len(self.groups)) if self.primary else None
         session = Session(self.source, self.recorder, reporter, checkpointer, self.options.checkpoint_every,
                           group_meta)
         first = restored.meta["group"] if restored else 0
-        for g in range(first, len(self.groups)):
-            group_meta.append(self.train_group(g, session, restored if g == first else None))
+        try:
+            for g in range(first, len(self.groups)):
+                group_meta.append(self.train_group(g, session, restored if g == first else None))
+        finally:
+            if isinstance(reporter, ProgressLine):
+                reporter.close()  # a stop or an error ends the terminal's line too
         return self.finish(group_meta, restored)
 
     def restore(self) -> Restored | None:
@@ -325,9 +330,10 @@ def make_mesh(devices: int | None = None) -> Mesh | None:
     return None if n == 1 else Mesh(np.array(available[:n]), (RUN_AXIS,))
 
 
-def _reporter(progress: bool | Callable, runs: list[SweepConfig], n_groups: int):
+def _reporter(progress: bool | Callable, source: RunSource, n_groups: int):
     if progress is True:
-        return ProgressLine(max(r.train.steps for r in runs), n_groups)
+        return ProgressLine(max(r.train.steps for r in source.runs), n_groups,
+                            open_ended=source.config.search is not None)
     if callable(progress):
         return lambda info, group: progress(info)
     return None

@@ -15,7 +15,7 @@ changes the program, so each of its values is its own group, compiled once.
 
 This module gathers the names of the modules that do this, by concern: ``schema`` (the sections,
 their fields and the settings tables), ``sweep_config`` (``SweepConfig``: names, grid, groups),
-``sweep_file`` (loading and validation) and ``search_section`` (``[search]``).
+``sweep_file`` (loading and validation), ``overrides`` (``--set``) and ``search_section`` (``[search]``).
 """
 
 from __future__ import annotations
@@ -42,11 +42,11 @@ from grokjax.schema import (
 )
 from grokjax.search_section import MAX_LATTICE
 from grokjax.sweep_config import SweepConfig
-from grokjax.sweep_file import MAX_RUNS, TOP_LEVEL_KEYS, load_sweep, read_sweep_file, sweep_from_dict
+from grokjax.sweep_file import MAX_RUNS, TOP_LEVEL_KEYS, load_sweep, read_sweep_file, sweep_from_dict, sweep_text
 from grokjax.tasks import describe_tasks
 
 __all__ = ["SweepConfig", "SearchConfig", "SweepError", "load_sweep", "read_sweep_file", "sweep_from_dict",
-           "describe_settings", "describe_tasks", "TaskConfig", "ModelConfig", "OptimizerConfig", "TrainConfig",
-           "EventsConfig",
+           "sweep_text", "describe_settings", "describe_tasks", "TaskConfig", "ModelConfig", "OptimizerConfig",
+           "TrainConfig", "EventsConfig",
            "Settings", "SECTIONS", "PLUGIN_SECTIONS", "FIELDS", "PER_RUN_FIELDS", "PER_RUN_DTYPES", "INT32_MAX",
            "MAX_RUNS", "MAX_LATTICE", "TOP_LEVEL_KEYS", "CRITERIA", "DIRECTIONS", "SCALES"]

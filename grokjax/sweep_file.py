@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from grokjax.errors import SweepError
+from grokjax.overrides import Overrides, apply_overrides, describe, overridden_text
 from grokjax.plugins import (
     build_task,
     call_factory,
@@ -42,14 +43,17 @@ MAX_RUNS = 10**6  # runs of one sweep file: each is a row of host tables
 TOP_LEVEL_KEYS = ("name", "description", "grid", *SECTIONS, "search")
 
 
-def load_sweep(path: str | Path) -> SweepConfig:
-    """Read and validate a sweep file.
+def load_sweep(path: str | Path, overrides: Overrides | None = None) -> SweepConfig:
+    """Read and validate a sweep file, with settings changed as the command line's ``--set`` does.
 
     Plug-ins named by import path (``module:attribute``) may live beside the file: its folder is
     on the Python path while the file loads (every plug-in it names is imported then), not after.
 
     Args:
       path: the TOML file; its stem is the sweep's name unless it sets ``name``.
+      overrides: ``KEY=VALUE`` strings (``["optimizer.lr=3e-3", "grid.seed=[0,1,2]"]``, values
+        read as TOML) or a dict of key -> value, applied to the file's data before it is
+        validated (``grokjax.overrides``); ``sweep_text(path, overrides)`` is the file to save.
 
     Returns:
       The validated ``SweepConfig``.
@@ -61,23 +65,54 @@ def load_sweep(path: str | Path) -> SweepConfig:
       >>> config = load_sweep("sweeps/quickstart.toml")
       >>> len(config.runs()), config.replace(steps=600).train.steps
       (45, 600)
+      >>> load_sweep("sweeps/quickstart.toml", ["optimizer.lr=3e-3", "grid.seed=[0]"]).optimizer.lr
+      0.003
     """
+    raw = _merged(path, overrides)
+    where = f"{path} with {describe(overrides)}" if overrides else str(path)
+    try:
+        with _on_python_path(str(Path(path).resolve().parent)):
+            return sweep_from_dict(raw)
+    except SweepError as e:
+        raise SweepError(f"{where}: {e}") from None
+
+
+def sweep_text(path: str | Path, overrides: Overrides | None = None) -> str:
+    """The sweep file a launch saves as its results folder's ``sweep.toml``: the file's own text,
+    or with overrides the merged settings written back as TOML (``overrides.overridden_text``), so
+    that running or resuming from the copy reproduces the launch.
+
+    Args:
+      path, overrides: as for ``load_sweep``.
+
+    Returns:
+      The text.
+
+    Raises:
+      SweepError: as ``load_sweep`` for an unreadable file or a malformed override.
+    """
+    if not overrides:
+        return Path(path).read_text()
+    return overridden_text(_merged(path, overrides), overrides, Path(path).name)
+
+
+def _merged(path: str | Path, overrides: Overrides | None) -> dict[str, Any]:
+    """The file's data with its overrides, its ``name`` set (default: the file's stem)."""
     if not isinstance(path, (str, Path)):
         raise SweepError(f"load_sweep needs a file path, got {type(path).__name__}")
     path = Path(path)
     if not path.is_file():
         raise SweepError(f"sweep file not found: {path}")
     raw = read_sweep_file(path)
+    try:
+        raw = apply_overrides(raw, overrides)
+    except SweepError as e:
+        raise SweepError(f"{path}: {e}") from None
     if not any(key in raw for key in (*SECTIONS, "grid")):
         raise SweepError(f"{path}: the sweep file sets nothing (no [task], [model], [optimizer], [train], [events] "
                          f"or [grid]); say what to train, e.g. [task] name = \"add\" "
                          f"(grokjax info lists every setting)")
-    raw.setdefault("name", path.stem)
-    try:
-        with _on_python_path(str(path.resolve().parent)):
-            return sweep_from_dict(raw)
-    except SweepError as e:
-        raise SweepError(f"{path}: {e}") from None
+    return {"name": path.stem, **raw}
 
 
 @contextlib.contextmanager

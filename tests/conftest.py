@@ -34,6 +34,31 @@ def make_sweep(**sections):
     return grokjax.sweep_from_dict(raw)
 
 
+def made_up_results(config, runs, extra=None, evals: int = 2) -> grokjax.Results:
+    """Results of ``runs`` (a config's, or any list of run configs) as the recorder writes them
+    (``runs_table``, ``curves_table``), with events and curves made up from the run ids, for
+    readers of results that need the tables' shape, not training; ``extra``: a ``probe`` column;
+    ``evals``: evaluations per run, every 10 steps."""
+    import numpy as np
+
+    from grokjax.checkpoint import config_fingerprint
+    from grokjax.metrics import CURVE_METRICS
+    from grokjax.results import curves_table, runs_table
+
+    ids = np.arange(len(runs))
+    events = dict(memorize_step=np.where(ids % 2, 10, -1), grok_step=np.where(ids % 3 == 0, 20, -1),
+                  diverged=ids == 5, diverged_step=np.where(ids == 5, 10, -1), done=ids % 3 == 0)
+    steps = 10 * np.arange(1, evals + 1)
+    part = {"run_id": np.repeat(ids, evals), "step": np.tile(steps, len(ids)),
+            **{m: np.repeat(ids, evals) + np.tile(steps, len(ids)) / 100 for m in CURVE_METRICS}}
+    curves = curves_table([part])
+    table = runs_table(config, ids, runs, events, curves)
+    if extra is not None:
+        table.insert(1, "probe", extra)
+    meta = dict(name=config.name, config=config_fingerprint(config), complete=True)
+    return grokjax.Results(table, curves, meta)
+
+
 @pytest.fixture
 def sweep():
     return make_sweep

@@ -8,11 +8,12 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import cli_in_process, make_sweep
+from conftest import cli_in_process, made_up_results, make_sweep
 
 ROOT = Path(__file__).parent.parent
 DOCS = ROOT / "docs"
 SNIPPET = re.compile(r'^(\s*)--8<-- "([^"]+)"\s*$', re.M)
+PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.M | re.S)
 TOML_BLOCK = re.compile(r"^(?P<indent>[ ]*)```toml\n(?P<body>.*?)^(?P=indent)```", re.M | re.S)
 EXCERPT = "# excerpt"  # a block whose first line starts so is part of a sweep file, not a whole one
 
@@ -82,6 +83,26 @@ def test_every_sweep_file_shown_is_valid(where, body, tmp_path, monkeypatch):
     proc = cli_in_process(command, "shown.toml", "--dry-run", "--no-cache", "--out", tmp_path / "out", cwd=tmp_path)
     assert proc.returncode == 0, f"{where}: {proc.stderr}"
     assert not (tmp_path / "out").exists()
+
+
+def test_the_labelled_array_analyses_run(monkeypatch, tmp_path):
+    """The Python blocks of the results page's xarray section, run in order on a dataset over the
+    quickstart's grid (the tables made up, as only their shape matters here)."""
+    import matplotlib
+
+    import grokjax
+
+    matplotlib.use("Agg")
+    section = (DOCS / "results.md").read_text().split("## As labelled arrays", 1)[1].split("\n## ", 1)[0]
+    blocks = PYTHON_BLOCK.findall(section)
+    assert len(blocks) >= 4, "the section shows the dataset and three analyses"
+    config = grokjax.load_sweep(ROOT / "sweeps" / "quickstart.toml")
+    results = made_up_results(config, config.runs(), evals=100)
+    monkeypatch.setattr(grokjax, "load_dataset", lambda path, curves=True: results.to_xarray(curves))
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "docs/results.md", "exec"), namespace)  # noqa: S102 - the page's own code
 
 
 def test_the_readme_is_short_and_shows_the_quickstart_figure():
