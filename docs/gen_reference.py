@@ -54,6 +54,9 @@ RUNS_EVENTS = [
     ("grok_delay", "Int64 (nullable)", "`grok_step - memorize_step`; null unless both were reached"),
     ("diverged", "bool", "a step gave a non-finite loss or update; the run was frozen at its last finite state"),
     ("diverged_step", "Int64 (nullable)", "the step it diverged at; null if it did not"),
+    ("collapse_step", "Int64 (nullable)", "`events.stop_early = false` only: the first of `events.patience` "
+                                          "evaluations in a row, after `grok_step`, with test accuracy back below "
+                                          "the grok threshold (\"ungrokking\"); null if none"),
     ("grok_gap", "int64", "the `grok_delay` above which the run is *grokking*, not *comprehension* "
                           "(`events.grok_gap`, -1 resolved to max(eval_every, steps // 100))"),
     ("phase", "string", "comprehension, grokking, memorization, confusion or diverged (see "
@@ -87,6 +90,23 @@ CURVES_MEASURES = [
     ("restricted_loss", "float32", "loss on all data of the outputs kept to the key frequencies (Nanda et al.)",
      "`add`, `sub`"),
     ("excluded_loss", "float32", "loss on the training data with the key frequencies removed", "`add`, `sub`"),
+    ("effective_rank_<group>", "float32", "mean over the group's weight matrices of exp(entropy of the normalized "
+                                          "singular values)", "`train.measures` lists `effective_rank`"),
+    ("logit_norm", "float32", "mean L2 norm of the outputs over the training split",
+     "`train.measures` lists `logits`; classification"),
+    ("logit_margin", "float32", "mean over the training split of the correct logit minus the largest other",
+     "`train.measures` lists `logits`; classification"),
+    ("<user measure>", "float32", "each column a measure named in `train.measures` returns (`grokjax.measures`)",
+     "`train.measures`"),
+    ("llc", "float32", "local learning coefficient (`grokjax.llc`): mean over the chains that did not diverge; NaN "
+                       "at evaluations off the `train.llc_every` cadence or when every chain diverged",
+     "`train.llc_every` > 0"),
+    ("llc_std", "float32", "chain-to-chain standard deviation of the LLC (ddof 0)", "`train.llc_every` > 0"),
+    ("llc_diverged", "float32", "chains flagged as diverged (estimate not finite or above the parameter count)",
+     "`train.llc_every` > 0"),
+    ("llc_step", "Int64", "runs.parquet only, as `final_llc_step`: the step of the run's last LLC estimate "
+                          "(`final_llc`, `final_llc_std`, `final_llc_diverged` are that estimate's)",
+     "`train.llc_every` > 0"),
 ]
 BOUNDARY_COLUMNS = [
     ("<by axis>", "as set", "one column per `search.by` axis: the cell"),

@@ -12,7 +12,22 @@ import pandas as pd
 
 from grokjax.metrics import NEVER, PHASES, classify_phases
 
-METRICS = ("grok_step", "grok_delay", "memorize_step", "final_test_acc")
+METRICS = ("grok_step", "grok_delay", "memorize_step", "final_test_acc")  # and any final_<measure> column
+EVENT_METRICS = ("grok_step", "grok_delay", "memorize_step")  # never reached: infinitely late
+
+
+METRIC_LABELS = {"grok_step": "steps to 99 % test accuracy", "grok_delay": "grok delay (steps after memorizing)",
+                 "memorize_step": "steps to 99 % train accuracy", "final_test_acc": "final test accuracy"}
+
+
+def metric_label(metric: str) -> str:
+    """A phase diagram's name for ``metric``: ``final_llc`` -> "final llc"."""
+    return METRIC_LABELS.get(metric, metric.replace("_", " "))
+
+
+def is_value_metric(metric: str) -> bool:
+    """A final value (``final_test_acc``, ``final_llc``, ...), not the step of an event."""
+    return metric.startswith("final_") and metric != "final_step"
 
 
 def grokked(runs: pd.DataFrame) -> pd.Series:
@@ -29,10 +44,12 @@ def grokked(runs: pd.DataFrame) -> pd.Series:
 
 def _metric_values(runs: pd.DataFrame, metric: str) -> np.ndarray:
     """Metric per run as floats; an event never reached counts as infinitely late."""
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    if metric not in EVENT_METRICS and not (is_value_metric(metric) and metric in runs):
+        finals = [c for c in runs.columns if is_value_metric(str(c))]
+        raise ValueError(f"metric must be one of {', '.join(EVENT_METRICS)} or a final value of this sweep "
+                         f"({', '.join(finals)}), got {metric!r}")
     values = runs[metric].astype("Float64")
-    if metric != "final_test_acc":
+    if metric in EVENT_METRICS:
         values = values.fillna(np.inf)
     return values.astype(float).to_numpy()
 
@@ -45,7 +62,8 @@ def cell_summary(runs: pd.DataFrame, x: str = "data_fraction", y: str | None = "
       runs: a runs table.
       x, y: the cell's axes (columns); ``y`` None for one axis. Other axes, seeds included, are
         aggregated within a cell.
-      metric: one of ``METRICS``; an event never reached counts as infinitely late.
+      metric: an event's step (``EVENT_METRICS``; never reached counts as infinitely late) or a
+        final value column (``final_test_acc``, ``final_llc``, ...; NaN where a run has none).
 
     Returns:
       One row per (y, x) cell: ``runs``, ``grokked`` (share), ``median_<metric>``,
@@ -68,6 +86,7 @@ def cell_summary(runs: pd.DataFrame, x: str = "data_fraction", y: str | None = "
     def per_cell(g: pd.DataFrame) -> pd.Series:
         phases = g["phase"].value_counts()
         values = g["_value"].to_numpy()
+        values = values[~np.isnan(values)] if (~np.isnan(values)).any() else np.full(1, np.nan)  # runs with none
         # inverted_cdf picks observed values, so quantiles of never-reached cells stay inf
         q25, q75 = (float(np.quantile(values, q, method="inverted_cdf")) for q in (0.25, 0.75))
         q50 = float(np.median(values))  # inf as soon as half the runs never got there

@@ -366,7 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--x", help="horizontal axis (default: data_fraction, or the grid's first axis)")
     plot.add_argument("--y", help="vertical axis (default: weight_decay, or the grid's second axis)")
     plot.add_argument("--facet", help="one panel per value of this axis; other axes are aggregated")
-    plot.add_argument("--metric", default="grok_step", choices=METRICS, help="value of the heatmap")
+    plot.add_argument("--metric", default="grok_step", metavar="METRIC",
+                      help=f"value of the heatmap: {', '.join(METRICS)} or any final_<measure> column "
+                           f"(final_llc, ...) (default: grok_step)")
     plot.add_argument("--format", default="png", choices=FORMATS)
     plot.add_argument("--out", help="folder for the figures (default: DIR/figures)")
     plot.add_argument("--progress", action="store_true",

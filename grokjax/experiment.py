@@ -10,11 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from grokjax.errors import SweepError
+from grokjax.llc import LLCConfig
+from grokjax.measures import measure_names
 from grokjax.metrics import EventRule
 from grokjax.models import MATMUL_PRECISION, PRECISIONS
 from grokjax.plugins import SETTING_OF, build_task, call_factory, resolve
 from grokjax.program import Program, RunSettings, train_size
-from grokjax.progress import measures_for
 from grokjax.schema import FIELDS, PER_RUN_DTYPES
 from grokjax.sweep_config import SweepConfig
 
@@ -43,7 +44,9 @@ def build_program(config: SweepConfig, runs: list[SweepConfig] | None = None, ch
         rule=EventRule(ev.memorize_threshold, ev.grok_threshold, ev.patience, ev.stop_early),
         train_rows=rows, cost_key=repr((rows, cost, fixed_norm, label_noise)), grokfast=o.grokfast,
         grokfast_window=o.grokfast_window, orthograd=o.orthograd, fixed_norm=fixed_norm, label_noise=label_noise,
-        measures=measures_for(task, tr.progress_measures), matmul_precision=MATMUL_PRECISION[tr.precision])
+        measures=tuple((n, resolve("measure", n)) for n in measure_names(tr.progress_measures, tr.measures)),
+        matmul_precision=MATMUL_PRECISION[tr.precision],
+        llc=LLCConfig(tr.llc_every, tr.llc_chains, tr.llc_draws, tr.llc_burnin, tr.llc_batch_size))
     if check:
         check_program(program, run_settings([config]), config)
     return program
@@ -132,6 +135,7 @@ def check_program(program: Program, settings: RunSettings, config: SweepConfig |
         jax.eval_shape(lambda s, h, m: program.train_step(s, h, m), state, one, mask)
     except Exception as e:  # noqa: BLE001
         raise _traced_error("training step", names, ("optimizer", "loss", "model"), e) from None
+    jax.eval_shape(program.evaluate, params, mask)  # a measure breaking its contract says so (SweepError)
 
 
 def _traced_error(what: str, names: dict, kinds: tuple[str, ...], error: Exception) -> SweepError:

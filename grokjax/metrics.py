@@ -28,11 +28,15 @@ class Events:
     done: jax.Array  # bool: the streak reached patience
     diverged: jax.Array  # bool: a step produced a non-finite loss or update
     diverged_step: jax.Array  # int32
+    collapse_step: jax.Array  # int32, NEVER until test accuracy falls back below grok_threshold after grok_step
+    # for patience evaluations (the first of them; only without stop_early)
+    fall_streak: jax.Array  # consecutive evaluations below grok_threshold after grok_step
+    fall_step: jax.Array  # int32: the first evaluation of that streak
 
     @classmethod
     def initial(cls) -> Events:
-        never = jnp.array(NEVER, jnp.int32)
-        return cls(never, never, jnp.array(0, jnp.int32), jnp.array(False), jnp.array(False), never)
+        never, zero = jnp.array(NEVER, jnp.int32), jnp.array(0, jnp.int32)
+        return cls(never, never, zero, jnp.array(False), jnp.array(False), never, never, zero, never)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,12 +82,25 @@ def update_events(events: Events, metrics: dict, step, active, rule: EventRule) 
     generalizes = metrics["test_acc"] >= rule.grok_threshold
     grokked = active & (events.grok_step == NEVER) & generalizes
     streak = jnp.where(active, jnp.where(generalizes, events.streak + 1, 0), events.streak)
+    if not rule.stop_early:  # with early stopping a run is done once it holds the threshold
+        events = _collapse(events, generalizes, step, active, rule.patience)
     return events.replace(
         memorize_step=jnp.where(memorized, step, events.memorize_step).astype(jnp.int32),
         grok_step=jnp.where(grokked, step, events.grok_step).astype(jnp.int32),
         streak=streak.astype(jnp.int32),
         done=events.done | (streak >= rule.patience),
     )
+
+
+def _collapse(events: Events, generalizes, step, active, patience: int) -> Events:
+    """``collapse_step``: test accuracy below the grok threshold for ``patience`` evaluations in a
+    row after the run grokked ("ungrokking")."""
+    falling = active & (events.grok_step != NEVER) & ~generalizes
+    fall_streak = jnp.where(active, jnp.where(falling, events.fall_streak + 1, 0), events.fall_streak)
+    fall_step = jnp.where(falling & (events.fall_streak == 0), step, events.fall_step)
+    collapsed = (events.collapse_step == NEVER) & (fall_streak >= patience)
+    return events.replace(fall_streak=fall_streak.astype(jnp.int32), fall_step=fall_step.astype(jnp.int32),
+                          collapse_step=jnp.where(collapsed, fall_step, events.collapse_step).astype(jnp.int32))
 
 
 def classify_phases(memorize_step, grok_step, diverged, gap) -> np.ndarray:

@@ -15,14 +15,12 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
-from grokjax.analysis import cell_summary, critical_fraction, holds, phase_shares
+from grokjax.analysis import cell_summary, critical_fraction, holds, is_value_metric, metric_label, phase_shares
 from grokjax.metrics import PHASES
 from grokjax.results import Results
 
 PHASE_COLORS = {"comprehension": "#4daf4a", "grokking": "#377eb8", "memorization": "#ff7f00",
                 "confusion": "#999999", "diverged": "#e41a1c"}
-METRIC_LABELS = {"grok_step": "steps to 99 % test accuracy", "grok_delay": "grok delay (steps after memorizing)",
-                 "memorize_step": "steps to 99 % train accuracy", "final_test_acc": "final test accuracy"}
 FORMATS = ("png", "svg", "pdf")
 
 
@@ -110,7 +108,8 @@ def draw_metric_map(ax, runs: pd.DataFrame, x: str, y: str, metric: str = "grok_
         grid[i, j], share[i, j] = row[f"median_{metric}"], row["grokked"]
     finite = np.ma.masked_invalid(np.where(np.isfinite(grid), grid, np.nan))
     ax.set_facecolor("white")
-    cmap = "viridis" if metric == "final_test_acc" else "viridis_r"
+    value_metric = is_value_metric(metric)
+    cmap = "viridis" if value_metric else "viridis_r"
     mesh = ax.pcolormesh(xe, ye, finite, cmap=cmap, shading="flat")
     mid = np.nanmean(finite.filled(np.nan)) if finite.count() else 0
     xlog, ylog = ax.get_xscale() == "log", ax.get_yscale() == "log"
@@ -120,13 +119,13 @@ def draw_metric_map(ax, runs: pd.DataFrame, x: str, y: str, metric: str = "grok_
             if np.isnan(share[i, j]):
                 continue  # no runs in this cell (a half-finished sweep)
             if np.isfinite(grid[i, j]):
-                value = f"{grid[i, j]:.2f}" if metric == "final_test_acc" else f"{grid[i, j]:.0f}"
-                dark = (grid[i, j] < mid) if metric == "final_test_acc" else (grid[i, j] > mid)
+                value = f"{grid[i, j]:{'.2f' if metric == 'final_test_acc' else '.3g' if value_metric else '.0f'}}"
+                dark = (grid[i, j] < mid) if value_metric else (grid[i, j] > mid)
                 color = "white" if dark else "black"
             else:
                 ax.add_patch(Rectangle((xe[j], ye[i]), xe[j + 1] - xe[j], ye[i + 1] - ye[i], facecolor="0.88",
                                        hatch="///", edgecolor="0.65", lw=0))
-                value, color = "never", "0.2"
+                value, color = "n/a" if value_metric else "never", "0.2"
             ax.text(cx, cy, f"{value}\n{share[i, j]:.0%} grok", ha="center", va="center", fontsize=7, color=color)
     return mesh if finite.count() else None
 
@@ -177,8 +176,8 @@ def phase_diagram(runs: pd.DataFrame, path, x: str = "data_fraction", y: str = "
         if facet:
             ax.set_title(f"{facet} = {_fmt(value)}", fontsize=9)
     if mesh is not None:
-        fig.colorbar(mesh, ax=list(axes), label=f"median {METRIC_LABELS[metric]}")
-    fig.suptitle(title or f"median {METRIC_LABELS[metric]} (over seeds and other axes)", fontsize=10)
+        fig.colorbar(mesh, ax=list(axes), label=f"median {metric_label(metric)}")
+    fig.suptitle(title or f"median {metric_label(metric)} (over seeds and other axes)", fontsize=10)
     return _save(fig, Path(path))
 
 
@@ -251,6 +250,7 @@ def learning_curves(runs: pd.DataFrame, curves: pd.DataFrame, path, x: str | Non
 
 PROGRESS_PANELS = (  # (title, y label, log y, columns); a panel is drawn when one of its columns was recorded
     ("losses", "loss", True, ("train_loss", "test_loss", "restricted_loss", "excluded_loss")),
+    ("local learning coefficient", "LLC (band: chain-to-chain std)", False, ("llc",)),
     ("parameter norms", "norm", False, ("param_norm", "norm_embeddings", "norm_attention", "norm_mlp",
                                          "norm_readout", "norm_other")),
     ("concentration and collapse", "share", False, ("test_acc", "fourier_gini", "fourier_ipr", "softmax_collapse")),
@@ -299,8 +299,11 @@ def progress_figure(runs: pd.DataFrame, curves: pd.DataFrame, path, cell: dict |
         for i, column in enumerate(present):
             color = f"C{i}"
             for _, c in sub.groupby("run_id"):
+                c = c.dropna(subset=[column]) if column == "llc" else c  # estimated at its cadence only
                 ax.plot(c["step"], c[column], color=color, lw=0.6, alpha=0.4)
-            med = sub.groupby("step")[column].median()
+                if column == "llc" and "llc_std" in c:
+                    ax.fill_between(c["step"], c.llc - c.llc_std, c.llc + c.llc_std, color=color, alpha=0.12, lw=0)
+            med = sub.groupby("step")[column].median().dropna()
             ax.plot(med.index, med.values, color=color, lw=2, label=column.replace("_", " "))
         for step, ls, what in marks:
             ax.axvline(step, color="0.2", ls=ls, lw=1, label=f"median {what} ({step:,.0f})")
@@ -316,7 +319,7 @@ def progress_figure(runs: pd.DataFrame, curves: pd.DataFrame, path, cell: dict |
 
 
 def has_progress_measures(curves: pd.DataFrame) -> bool:
-    return any(c.startswith("norm_") or c in ("fourier_gini", "softmax_collapse") for c in curves.columns)
+    return any(c.startswith("norm_") or c in ("fourier_gini", "softmax_collapse", "llc") for c in curves.columns)
 
 
 def critical_fraction_plot(runs: pd.DataFrame, path, by: str = "weight_decay", title: str | None = None) -> Path:
@@ -435,7 +438,7 @@ def plot_results(results: Results, out_dir, x: str | None = None, y: str | None 
                                 f"{prefix}learning curves per phase"), *progress]
     paths = [
         phase_diagram(runs, out_dir / f"phase_diagram.{fmt}", x, y, metric, facet,
-                      f"{prefix}median {METRIC_LABELS[metric]}"),
+                      f"{prefix}median {metric_label(metric)}"),
         phase_map(runs, out_dir / f"phase_map.{fmt}", x, y, facet, f"{prefix}majority phase per cell"),
         learning_curves(runs, curves, out_dir / f"learning_curves.{fmt}", x, y,
                         f"{prefix}learning curves of a typical cell per phase"),

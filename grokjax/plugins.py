@@ -1,6 +1,6 @@
 """Names -> callables: the one place that resolves what a sweep file names.
 
-A sweep names four kinds of plug-in, each a plain callable:
+A sweep names five kinds of plug-in, each a plain callable:
 
 - task: ``fn(**settings) -> grokjax.Task``
 - model: ``fn(n_symbols, n_classes, **settings) -> flax.linen.Module`` mapping inputs ``[B, k]``
@@ -8,6 +8,7 @@ A sweep names four kinds of plug-in, each a plain callable:
   from ``train.precision``)
 - loss: ``fn(outputs, labels) -> [B]`` per-example losses
 - optimizer: ``fn(learning_rate, **settings) -> optax.GradientTransformation``
+- measure: ``fn(params, apply, task, batch) -> {column: scalar}`` (``grokjax.measures``)
 
 A name is a registered name (the built-ins are registered exactly as ``register`` registers a
 user's), an import path ``package.module:attribute``, or, for optimizers, any optax factory
@@ -30,20 +31,23 @@ import optax
 
 from grokjax.errors import SweepError
 from grokjax.losses import BUILTIN_LOSSES
+from grokjax.measures import BUILTIN_MEASURES
 from grokjax.models import BUILTIN_MODELS
 from grokjax.optim import BUILTIN_OPTIMIZERS
 from grokjax.tasks import BUILTIN_TASKS, Task
 
-KINDS = ("task", "model", "loss", "optimizer")
+KINDS = ("task", "model", "loss", "optimizer", "measure")
 # Positional arguments of each contract: the engine passes them, a sweep file never sets them.
 CONTRACT_ARGS = {"task": (), "model": ("n_symbols", "n_classes", "dtype", "param_dtype"),
-                 "loss": ("outputs", "labels"), "optimizer": ("learning_rate",)}
+                 "loss": ("outputs", "labels"), "optimizer": ("learning_rate",),
+                 "measure": ("params", "apply", "task", "batch")}
 # the sweep setting that names each kind of plug-in, for messages
-SETTING_OF = {"task": "task.name", "model": "model.name", "loss": "train.loss", "optimizer": "optimizer.name"}
+SETTING_OF = {"task": "task.name", "model": "model.name", "loss": "train.loss", "optimizer": "optimizer.name",
+              "measure": "train.measures"}
 
 _REGISTRY: dict[str, dict[str, Callable]] = {
     "task": dict(BUILTIN_TASKS), "model": dict(BUILTIN_MODELS), "loss": dict(BUILTIN_LOSSES),
-    "optimizer": dict(BUILTIN_OPTIMIZERS)}
+    "optimizer": dict(BUILTIN_OPTIMIZERS), "measure": dict(BUILTIN_MEASURES)}
 BUILTINS: dict[str, tuple[str, ...]] = {kind: tuple(names) for kind, names in _REGISTRY.items()}
 
 
@@ -133,6 +137,8 @@ def _check_contract(kind: str, name: str, fn: Callable) -> None:
         problem = "takes no learning_rate"
     elif kind in ("model", "loss") and len(positional) < 2 and not varargs:
         problem = f"takes {len(positional)} positional argument{'s' if len(positional) != 1 else ''}, not 2"
+    elif kind == "measure" and len(positional) < 4 and not varargs:
+        problem = f"takes {len(positional)} positional argument{'s' if len(positional) != 1 else ''}, not 4"
     else:
         return
     raise SweepError(f"{SETTING_OF[kind]} = {name!r} {problem}; expected {_contract(kind)}")
@@ -154,7 +160,8 @@ def _contract(kind: str) -> str:
     return {"task": "fn(**settings) -> grokjax.Task",
             "model": "fn(n_symbols, n_classes, **settings) -> flax.linen.Module",
             "loss": "fn(outputs, labels) -> per-example losses [B]",
-            "optimizer": "fn(learning_rate, **settings) -> optax.GradientTransformation"}[kind]
+            "optimizer": "fn(learning_rate, **settings) -> optax.GradientTransformation",
+            "measure": "fn(params, apply, task, batch) -> dict of column name -> scalar"}[kind]
 
 
 def parameters_of(fn: Callable) -> dict[str, inspect.Parameter]:

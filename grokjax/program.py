@@ -27,10 +27,11 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from grokjax.interventions import wrap
+from grokjax.llc import LLCConfig, llc_key, maybe_estimate
+from grokjax.measures import Batch, compute
 from grokjax.metrics import EventRule, Events, evaluate, update_events, weighted_mean
 from grokjax.models import init_params
 from grokjax.optim import lr_schedule, make_optimizer
-from grokjax.progress import Measures, measure
 from grokjax.schema import PER_RUN_DTYPES
 from grokjax.tasks import Task
 
@@ -116,7 +117,8 @@ class Program:
       cost_key: what a step's cost depends on (keys the measured vmap widths).
       grokfast, grokfast_window, orthograd: the gradient filters (``interventions.wrap``).
       fixed_norm, label_noise: some run of the group uses them (else they are left out).
-      measures: the progress measures evaluations record (``progress.Measures``).
+      measures: the measures evaluations record: ``(name, fn)`` pairs (``grokjax.measures``).
+      llc: local learning coefficient estimation (``grokjax.llc``); ``every = 0``: none.
       matmul_precision: of every matmul of the model and the measures (``models.MATMUL_PRECISION``):
         set per matmul at trace time, so the compiled program carries it on any backend.
     """
@@ -138,7 +140,8 @@ class Program:
     orthograd: bool = False
     fixed_norm: bool = False
     label_noise: bool = False
-    measures: Measures = Measures(enabled=False)
+    measures: tuple = ()
+    llc: LLCConfig = LLCConfig()
     matmul_precision: str = "highest"
 
     def apply(self, params, inputs):
@@ -211,8 +214,9 @@ class Program:
         clean = jnp.asarray(self.task.labels)
         labels = clean if labels is None else labels
         metrics = evaluate(outputs, labels, train_mask, params, self.loss, self.task.regression, self.task.tolerance)
+        batch = Batch(jnp.asarray(self.task.inputs), outputs, labels, clean, train_mask, self.loss)
         with jax.default_matmul_precision(self.matmul_precision):
-            return dict(metrics, **measure(self.measures, params, outputs, clean, labels, train_mask, self.loss))
+            return dict(metrics, **compute(self.measures, params, self.apply, self.task, batch))
 
     def train_period(self, state: RunState, settings: RunSettings, n_evals: int):
         """``n_evals`` times: ``eval_every`` steps, then an evaluation on the full table.
@@ -222,15 +226,33 @@ class Program:
         rows = None if self.batch_size else self.train_rows_of(train_mask)
         labels = self.run_labels(settings, train_mask)
 
-        def block(state, _):
+        def block(state, index):
             was_active = self.is_active(state)
             state = jax.lax.fori_loop(0, self.eval_every,
                                       lambda _, s: self.train_step(s, settings, train_mask, rows, labels), state)
             metrics = self.evaluate(state.params, train_mask, labels)
+            if self.llc.every:
+                metrics.update(self.estimate_llc(state, settings, train_mask, labels, metrics["train_loss"], index))
             events = update_events(state.events, metrics, state.step, was_active, self.rule)
             return state.replace(events=events), dict(metrics, step=state.step, recorded=was_active)
 
-        return jax.lax.scan(block, state, None, length=n_evals)
+        # the evaluation's index in the period is the same for every run (not batched): the LLC's
+        # cadence is then a real branch under vmap (see llc.maybe_estimate)
+        return jax.lax.scan(block, state, jnp.arange(n_evals) if self.llc.every else None, length=n_evals)
+
+    def estimate_llc(self, state: RunState, settings: RunSettings, train_mask: jax.Array, labels: jax.Array,
+                     init_loss: jax.Array, index: jax.Array) -> dict[str, jax.Array]:
+        """The run's LLC at its parameters (``grokjax.llc``) when evaluation ``index`` of the period
+        falls on the cadence, else NaNs. SGLD batches come from the run's split and labels."""
+        inputs = jnp.asarray(self.task.inputs)
+
+        def batch_loss(params, key):
+            idx, weights = draw_batch(key, train_mask, self.llc.batch_size)
+            return weighted_mean(self.loss(self.apply(params, inputs[idx]), labels[idx]), weights.astype(jnp.float32))
+
+        return maybe_estimate(self.llc, index, key=llc_key(settings.seed, state.step), params_star=state.params,
+                              batch_loss=batch_loss, init_loss=init_loss, epsilon=settings.llc_epsilon,
+                              gamma=settings.llc_gamma, nbeta=settings.llc_nbeta)
 
 
 def select_tree(keep: jax.Array, new, old):

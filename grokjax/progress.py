@@ -87,14 +87,14 @@ def group_of(path: str) -> str:
     return "other"
 
 
-def _paths(params) -> list[tuple[str, jax.Array]]:
+def param_paths(params) -> list[tuple[str, jax.Array]]:
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]
     return [("/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path), leaf) for path, leaf in leaves]
 
 
 def group_norms(params) -> dict[str, jax.Array]:
     squares: dict[str, jax.Array] = {}
-    for path, leaf in _paths(params):
+    for path, leaf in param_paths(params):
         group = group_of(path)
         squares[group] = squares.get(group, 0.0) + jnp.sum(jnp.square(leaf.astype(jnp.float32)))
     return {f"norm_{g}": jnp.sqrt(s) for g, s in squares.items()}
@@ -102,7 +102,7 @@ def group_norms(params) -> dict[str, jax.Array]:
 
 def embedding(params, p: int) -> jax.Array | None:
     """Rows ``0 .. p - 1`` of the parameter named ``embed`` (the operands' embeddings), or None."""
-    for path, leaf in _paths(params):
+    for path, leaf in param_paths(params):
         if path.split("/")[-1] == EMBED_PARAM and leaf.ndim == 2 and leaf.shape[0] >= p:
             return leaf[:p].astype(jnp.float32)
     return None

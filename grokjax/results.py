@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from grokjax.errors import SweepError
+from grokjax.llc import COLUMNS as LLC_COLUMNS
 from grokjax.metrics import CURVE_METRICS, NEVER, classify_phases
 from grokjax.plugins import resolve, scalar_defaults
 from grokjax.schema import FIELDS, PLUGIN_SECTIONS
@@ -148,16 +149,23 @@ def runs_table(config: SweepConfig, run_ids, runs: list[SweepConfig], events: di
     df["grok_delay"] = df["grok_step"] - df["memorize_step"]
     df["diverged"] = np.asarray(events["diverged"], bool)
     df["diverged_step"] = _steps(events["diverged_step"])
+    df["collapse_step"] = _steps(events.get("collapse_step", np.full(len(df), NEVER)))
     df["grok_gap"] = [r.grok_gap for r in runs]
     df["phase"] = classify_phases(events["memorize_step"], events["grok_step"], events["diverged"], df["grok_gap"])
     df["done"] = np.asarray(events["done"], bool)
     last = curves.groupby("run_id").tail(1).set_index("run_id")
     df["final_step"] = df["run_id"].map(last["step"]).astype("Int64")
+    estimated = curves.dropna(subset=["llc"]).groupby("run_id").tail(1).set_index("run_id") \
+        if "llc" in curves else None  # the LLC's last estimate: evaluations off its cadence have none
     for metric in measure_columns(curves):
         if metric == "key_frequencies":  # the final set, a list per run
             df[metric] = df["run_id"].map(last[metric])
+        elif metric in LLC_COLUMNS:
+            df[f"final_{metric}"] = df["run_id"].map(estimated[metric]).astype(float)
         else:
             df[f"final_{metric}"] = df["run_id"].map(last[metric])
+    if estimated is not None:
+        df["final_llc_step"] = df["run_id"].map(estimated["step"]).astype("Int64")
     return df
 
 

@@ -27,11 +27,12 @@ from grokjax.program import RUN_AXIS, Program, RunSettings, RunState, make_grid_
 from grokjax.width import tune_runs_per_batch
 
 
-def evals_per_call(n_evals: int, target: int = 25) -> int:
+def evals_per_call(n_evals: int, target: int = 25, multiple: int = 1) -> int:
     """Evaluations per host round trip: a divisor of ``n_evals`` giving about ``target`` round
-    trips, so progress updates often and the program is compiled once."""
+    trips, so progress updates often and the program is compiled once; a multiple of ``multiple``
+    (the LLC's cadence, a divisor of ``n_evals``), so every period's cadence is every run's."""
     want = max(1, math.ceil(n_evals / target))
-    return min(d for d in range(want, n_evals + 1) if n_evals % d == 0)
+    return min(d for d in range(want, n_evals + 1) if n_evals % d == 0 and d % multiple == 0)
 
 
 def put_runs(x: np.ndarray, sharding: NamedSharding | None) -> jax.Array:
@@ -382,7 +383,7 @@ def train_group(program: Program, settings: RunSettings, run_ids: list[int],
     """
     layout = layout or Layout()
     per_batch, choice = group_vmap_width(program, settings, len(run_ids), layout, resume)
-    per_round = evals_per_call(program.steps // program.eval_every)
+    per_round = evals_per_call(program.steps // program.eval_every, multiple=max(program.llc.every, 1))
     trainer = GroupTrainer(program, settings, layout.mesh, per_batch, per_round)
     if resume is None:
         width = chunk_width(program, settings, per_batch, layout.devices, layout.max_runs_per_chunk)

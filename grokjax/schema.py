@@ -19,8 +19,9 @@ import numpy as np
 
 from grokjax.errors import SweepError
 from grokjax.interventions import GROKFAST, GROKFAST_LAMB
+from grokjax.llc import default_nbeta
 from grokjax.optim import SCHEDULES
-from grokjax.plugins import BUILTINS, convert_number, resolve, settings_of
+from grokjax.plugins import BUILTINS, convert_number, name_of, resolve, settings_of
 
 INT32_MAX = 2**31 - 1  # step counters, seeds and indices are int32 inside the program
 
@@ -135,6 +136,38 @@ class TrainConfig(_Section):
                             choices=("float32", "tensorfloat32", "bfloat16", "float64"))
     progress_measures: bool = _field(True, "record the progress measures that apply (norm per parameter group, "
                                            "softmax collapse, Fourier spectrum, restricted/excluded loss)")
+    measures: tuple = _field((), "more measures evaluations record: built-in (effective_rank, logits, norms, "
+                                 "softmax_collapse, fourier) or package.module:attribute, "
+                                 "fn(params, apply, task, batch) -> dict of scalars (grokjax.measures)")
+    llc_every: int = _field(0, "estimate the local learning coefficient (grokjax.llc) at every llc_every-th "
+                               "evaluation (curve columns llc, llc_std, llc_diverged); divides steps / eval_every; "
+                               "0: off (no sampler in the program)", ge=0, le=2**20)
+    llc_chains: int = _field(4, "SGLD chains per run and estimate", ge=1, le=1024)
+    llc_draws: int = _field(100, "SGLD steps per chain whose losses the estimate averages", ge=1, le=10**6)
+    llc_burnin: int = _field(0, "SGLD steps per chain before the draws (not averaged)", ge=0, le=10**6)
+    llc_batch_size: int = _field(64, "training examples per SGLD step, drawn from the run's split", ge=1,
+                                 le=2**30)
+    llc_epsilon: float = _field(1e-3, "SGLD step size eps: w += eps / 2 (-nbeta grad - gamma (w - w*)) + N(0, eps)",
+                                gt=0.0, per_run=True)
+    llc_gamma: float = _field(100.0, "SGLD localization strength gamma toward the run's parameters w*", ge=0.0,
+                              per_run=True)
+    llc_nbeta: float = _field(0.0, "SGLD inverse temperature n beta; 0: llc_batch_size / log(llc_batch_size)",
+                              ge=0.0, per_run=True)
+
+
+    def resolved(self, key: str):
+        """A setting with its 'depends on another setting' default filled in.
+
+        Args:
+          key: a field of this section.
+
+        Returns:
+          The value the engine uses: ``llc_nbeta = 0`` becomes ``B / log B`` of ``llc_batch_size``.
+        """
+        value = getattr(self, key)
+        if key == "llc_nbeta" and value == 0:
+            return default_nbeta(self.llc_batch_size)
+        return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,6 +271,8 @@ def convert_field(where: str, f: dataclasses.Field, value):
       SweepError: the value has the wrong type, is out of bounds or not one of the choices.
     """
     kind, m = f.type, f.metadata
+    if f.name == "measures":
+        return _measure_names(where, value)
     if f.name == "name" or f.name == "loss":  # a plug-in: a name, or from Python the callable itself
         if not isinstance(value, str) and not callable(value):
             raise SweepError(f"{where} must be a string, got {value!r}")
@@ -254,6 +289,20 @@ def convert_field(where: str, f: dataclasses.Field, value):
             raise SweepError(f"{where} must be true or false, got {value!r}")
         return value
     return _check_bounds(where, m, convert_number(where, kind, value))
+
+
+def _measure_names(where: str, value) -> tuple[str, ...]:
+    """``train.measures``: a list of measure names (or, from Python, callables), each resolved."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise SweepError(f"{where} must be a list of measure names, got {value!r}")
+    names = tuple(name_of("measure", v) if callable(v) else v for v in value)
+    for name in names:
+        if not isinstance(name, str):
+            raise SweepError(f"{where} must be a list of measure names (strings), got {name!r}")
+        resolve("measure", name)
+    if len(set(names)) != len(names):
+        raise SweepError(f"{where} names a measure twice: {list(names)}")
+    return names
 
 
 def _check_bounds(where: str, m, value):

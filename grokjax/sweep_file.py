@@ -291,6 +291,12 @@ def _check_group(config: SweepConfig, c: SweepConfig) -> None:
     task = build_task(t.name, t.settings)
     if tr.eval_every > tr.steps or tr.steps % tr.eval_every:
         raise SweepError(f"train.steps ({tr.steps}) must be a multiple of train.eval_every ({tr.eval_every})")
+    if tr.llc_every and (tr.steps // tr.eval_every) % tr.llc_every:
+        raise SweepError(f"train.llc_every ({tr.llc_every}) must divide the {tr.steps // tr.eval_every} evaluations "
+                         f"of a run (train.steps / train.eval_every), so that the last one has an estimate")
+    if tr.llc_every and tr.llc_batch_size > task.size:
+        raise SweepError(f"train.llc_batch_size ({tr.llc_batch_size}) exceeds the {task.size} examples of task "
+                         f"'{t.name}'")
     if tr.batch_size > task.size:
         raise SweepError(f"train.batch_size ({tr.batch_size}) exceeds the {task.size} examples of task "
                          f"'{t.name}'; use 0 for full batch")

@@ -89,3 +89,31 @@ def regression_sum(p: int = 5) -> grokjax.Task:
     x, y = np.meshgrid(np.arange(p), np.arange(p), indexing="ij")
     inputs = np.stack([x.ravel(), y.ravel()], 1)
     return grokjax.Task("regression_sum", inputs, (inputs.sum(1, keepdims=True) / p).astype(np.float32), p)
+
+
+# --- measures -------------------------------------------------------------------------------
+
+
+def mean_abs_weight(params, apply, task, batch):
+    """The mean |w| over every parameter, and the training loss recomputed through ``apply``."""
+    leaves = jax.tree.leaves(params)
+    loss = batch.loss(apply(params, batch.inputs), batch.labels)
+    train = batch.train_mask.astype(jnp.float32)
+    return {"mean_abs_weight": sum(jnp.sum(jnp.abs(x)) for x in leaves) / sum(x.size for x in leaves),
+            "loss_again": jnp.sum(loss * train) / jnp.sum(train)}
+
+
+def vector_measure(params, apply, task, batch):
+    return {"per_class": jnp.mean(batch.outputs, 0)}
+
+
+def list_measure(params, apply, task, batch):
+    return [1.0]
+
+
+def clashing_measure(params, apply, task, batch):
+    return {"test_acc": jnp.zeros(())}
+
+
+def two_argument_measure(params, apply):
+    return {}

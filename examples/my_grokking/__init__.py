@@ -1,8 +1,10 @@
-"""A user's own experiment for grokjax, outside the grokjax package: a task, a model and a loss.
+"""A user's own experiment for grokjax, outside the grokjax package: a task, a model, a loss and a
+measure.
 
-Nothing here imports grokjax's internals; each function follows one of grokjax's three plug-in
+Nothing here imports grokjax's internals; each function follows one of grokjax's plug-in
 contracts and is named in a sweep file by import path (``my_grokking:modular_sum``). grokjax puts
-the sweep file's folder on the Python path, so ``examples/lion_grid.toml`` finds this package.
+the sweep file's folder on the Python path, so ``examples/lion_grid.toml`` and
+``examples/my_measure.toml`` find this package.
 """
 
 import itertools
@@ -49,3 +51,14 @@ def smoothed_cross_entropy(outputs: jax.Array, labels: jax.Array) -> jax.Array:
     """Loss: cross-entropy against labels smoothed by 0.05, one value per example ``[B]``."""
     targets = optax.smooth_labels(jax.nn.one_hot(labels, outputs.shape[-1]), 0.05)
     return optax.softmax_cross_entropy(outputs.astype(jnp.float32), targets)
+
+
+def weight_sparsity(params, apply, task, batch) -> dict:
+    """Measure: the share of weights below 1e-2 in magnitude, and the training accuracy with each
+    example's tokens reversed (1 for a model that has learnt that the sum commutes)."""
+    leaves = [x.ravel() for x in jax.tree.leaves(params)]
+    small = sum(jnp.sum(jnp.abs(x) < 1e-2) for x in leaves) / sum(x.size for x in leaves)
+    reversed_outputs = apply(params, batch.inputs[:, ::-1])
+    train = batch.train_mask.astype(jnp.float32)
+    hits = (jnp.argmax(reversed_outputs, -1) == batch.labels).astype(jnp.float32)
+    return {"small_weights": small, "swapped_train_acc": jnp.sum(hits * train) / jnp.maximum(jnp.sum(train), 1.0)}
