@@ -118,11 +118,13 @@ def run_columns(run: SweepConfig) -> dict:
 
     Returns:
       Column -> value: the plug-ins' names and the loss, the engine's per-run settings as the
-      program uses them, then every plug-in setting (set or default) by its short name
-      (``section.key`` where two plug-ins take the same key).
+      program uses them (the LLC's only when ``train.llc_every`` is on), then every plug-in
+      setting (set or default) by its short name (``section.key`` where two plug-ins take the
+      same key).
     """
     out = {"task": run.task.name, "model": run.model.name, "optimizer": run.optimizer.name, "loss": run.train.loss}
-    out.update(run.per_run_values())
+    # the LLC's per-run settings only where it is estimated: a sweep without it keeps its columns
+    out.update((k, v) for k, v in run.per_run_values().items() if run.train.llc_every or not k.startswith("llc_"))
     plugin = run.plugin_keys()
     for section in PLUGIN_SECTIONS:
         part = getattr(run, section)
