@@ -201,8 +201,9 @@ class Launch:
             print(f"grokjax: --resume: no readable checkpoint in {checkpoints}; training the sweep from the start",
                   file=sys.stderr)
         if restored is not None:
-            self.recorder.load(restored.host)
+            # the source first: a search's restored probes are runs the recorder's history names
             queues = self.source.restore(restored.meta.get("source", restored.meta.get("search", {})))
+            self.recorder.load(restored.host)
             for group, run_ids in zip(self.groups, queues):
                 if group.run_ids != run_ids:  # a source that added runs before the checkpoint
                     group.run_ids = run_ids

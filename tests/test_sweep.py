@@ -83,7 +83,8 @@ def test_grok_gap_default_scales_with_budget():
 
 def test_field_tables_are_consistent():
     assert {"seed", "data_fraction", "lr", "init_scale", "warmup_steps", "decay_steps", "label_noise",
-            "grokfast_alpha", "grokfast_lamb", "fixed_norm"} == set(PER_RUN_FIELDS)
+            "grokfast_alpha", "grokfast_lamb", "fixed_norm", "llc_epsilon", "llc_gamma",
+            "llc_nbeta"} == set(PER_RUN_FIELDS)
     config = sweep_from_dict({"optimizer": {"weight_decay": 0.5, "beta1": 0.8}})
     assert {"weight_decay", "beta1"} <= set(config.per_run_keys())  # the optimizer's floats
     assert {"p", "width", "steps"}.isdisjoint(config.per_run_keys())
@@ -227,8 +228,10 @@ def test_run_settings_are_the_schemas_per_run_fields_and_the_optimizers_floats()
         dtype = {"int": np.int32, "float": np.float32}[FIELDS[key][1].type]
         assert getattr(settings, key).dtype == dtype, key
         assert getattr(settings, key).tolist() == np.array([r.get(key) for r in runs], dtype).tolist() or \
-            key == "grokfast_lamb", key
+            key in ("grokfast_lamb", "llc_nbeta"), key
     assert settings.grokfast_lamb.tolist() == [2.0] * 8  # -1 resolved: the EMA filter's default
+    batch = runs[0].train.llc_batch_size  # 0 resolved: devinterp's B / log B of the SGLD batch
+    assert settings.llc_nbeta.tolist() == pytest.approx([batch / np.log(batch)] * 8)
     assert settings.optimizer.keys() == runs[0].optimizer_per_run().keys() == {"weight_decay"}  # the ones set
     assert settings.optimizer["weight_decay"].dtype == np.float32
 
