@@ -121,6 +121,19 @@ def _per_example(rows: _Rows, tokens: jax.Array):
     return jax.tree.map(lambda table: table[tokens[:, rows.by]], rows.value)
 
 
+def _input_rows(embed: jax.Array, pos: jax.Array, k: int, n_symbols: int, operator_token: bool) -> list[_Rows]:
+    """The residual stream per position before the first layer. Every row of the vocabulary is
+    tabulated (not only the operands') so that any token id reads what the textbook model
+    computes; "=" (id ``n_symbols``) and op (``n_symbols + 1``) are constant rows: op's position
+    mixes only what precedes it, so after the first attention it is a table of token 0."""
+    xs = []
+    for t in range(k):
+        if t and operator_token:
+            xs.append(_Rows(embed[n_symbols + 1] + pos[len(xs)], _CONST))
+        xs.append(_Rows(embed + pos[len(xs)], t))
+    return xs + [_Rows(embed[n_symbols] + pos[-1], _CONST)]
+
+
 class Transformer(nn.Module):
     """Decoder-only transformer over ``[t_1, ..., t_k, =]``, logits read at the last position.
 
@@ -177,15 +190,7 @@ class Transformer(nn.Module):
         T = k + (k - 1) * self.operator_token + 1  # the operands (op between each two), then "="
         embed = param("embed", "embed", (vocab, d))
         pos = param("pos_embed", "embed", (T, d))
-        # the residual stream per position; every row of the vocabulary is tabulated (not only the
-        # operands') so that any token id reads what the textbook model computes. "=" and op are
-        # constant rows: op's position mixes only what precedes it, so it stays a table of token 0
-        xs = []
-        for t in range(k):
-            if t and self.operator_token:
-                xs.append(_Rows(embed[self.n_symbols + 1] + pos[len(xs)], _CONST))
-            xs.append(_Rows(embed + pos[len(xs)], t))
-        xs.append(_Rows(embed[self.n_symbols] + pos[-1], _CONST))
+        xs = _input_rows(embed, pos, k, self.n_symbols, self.operator_token)
         norm = (lambda name: nn.LayerNorm(name=name, dtype=self.dtype, param_dtype=self.param_dtype)) \
             if self.layer_norm else (lambda name: (lambda v: v))
         heads = (jnp.arange(d)[:, None] // dh == jnp.arange(h)[None, :]).astype(self.dtype)  # [d, h]
