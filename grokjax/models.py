@@ -167,6 +167,7 @@ class Transformer(nn.Module):
     param_dtype: Any = jnp.float32
     convention: str = "grokjax"  # [model] init (grokjax.inits); Module.init is flax's method
     operator_token: bool = False  # [t_1, op, t_2, ..., =], op = id n_symbols + 1 (Power et al.)
+    normed_residual: bool = False  # x = LN(x); x = x + attn(x), as Grokfast's Block
 
     @nn.compact
     def __call__(self, tokens: jax.Array) -> jax.Array:
@@ -207,6 +208,7 @@ class Transformer(nn.Module):
             wo = param(f"layer_{layer}_wo", "wo", (h, dh, d)).reshape(d, d)
             ln_attn = norm(f"layer_{layer}_ln_attn")
             a = [rowwise(ln_attn, x) for x in xs]
+            xs = a if self.normed_residual else xs
             keys = [rowwise(lambda v: v @ wk, r) for r in a]
             values = [rowwise(lambda v: v @ wv, r) for r in a]
             outs = []
@@ -271,16 +273,23 @@ def mlp(n_symbols: int, n_classes: int, embed_dim: int = 128, width: int = 512, 
 
 def transformer(n_symbols: int, n_classes: int, n_layers: int = 1, d_model: int = 128, n_heads: int = 4,
                 d_mlp: int = 512, layer_norm: bool = False, activation: str = "relu", dtype: Any = jnp.float32,
-                param_dtype: Any = jnp.float32, init: str = "grokjax", operator_token: bool = False) -> Transformer:
+                param_dtype: Any = jnp.float32, init: str = "grokjax", operator_token: bool = False,
+                normed_residual: bool = False) -> Transformer:
     """Decoder-only transformer read at its last position: n_layers blocks (1 to 8) of width
     d_model with n_heads heads (dividing d_model) and an MLP of d_mlp; layer_norm adds
     pre-LayerNorms; init the initialization convention, grokjax, torch or nanda (see
     grokjax.inits); operator_token reads ``[x, op, y, =]`` (op between each two operands, one
-    more vocabulary entry) as Power et al. and Grokfast do, instead of ``[x, y, =]``."""
+    more vocabulary entry) as Power et al. and Grokfast do, instead of ``[x, y, =]``;
+    normed_residual continues the residual stream from the attention's LayerNorm output
+    (``x = LN(x); x = x + attn(x)``), as the Block of Grokfast's code (after teddykoker/grokking)
+    does, instead of from its input."""
     _check_activation(activation)
     check_init(init, TRANSFORMER_INITS)
-    if not isinstance(operator_token, bool):
-        raise ValueError(f"operator_token must be true or false, got {operator_token!r}")
+    for key, value in (("operator_token", operator_token), ("normed_residual", normed_residual)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{key} must be true or false, got {value!r}")
+    if normed_residual and not layer_norm:
+        raise ValueError("normed_residual needs layer_norm = true (it continues from the LayerNorm's output)")
     if not 1 <= n_layers <= 8:
         raise ValueError(f"n_layers must be between 1 and 8, got {n_layers}")
     for key, value in (("d_model", d_model), ("n_heads", n_heads), ("d_mlp", d_mlp)):
@@ -289,7 +298,7 @@ def transformer(n_symbols: int, n_classes: int, n_layers: int = 1, d_model: int 
     if d_model % n_heads:
         raise ValueError(f"d_model ({d_model}) must be a multiple of n_heads ({n_heads})")
     return Transformer(n_symbols, n_classes, n_layers, d_model, n_heads, d_mlp, layer_norm, activation, dtype,
-                       param_dtype, convention=init, operator_token=operator_token)
+                       param_dtype, convention=init, operator_token=operator_token, normed_residual=normed_residual)
 
 
 BUILTIN_MODELS = {"mlp": mlp, "transformer": transformer}

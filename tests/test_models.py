@@ -44,13 +44,14 @@ def test_transformer_last_position_shortcut_matches_full_causal_model(k):
 
 @pytest.mark.parametrize("n_layers,layer_norm,k,op", [(1, False, 2, False), (1, True, 3, False), (2, False, 3, False),
                                                       (2, True, 2, False), (3, True, 2, False), (2, True, 2, True),
-                                                      (1, False, 3, True)])
+                                                      (1, False, 3, True), (2, "normed", 2, True)])
 def test_transformer_token_tables_match_textbook_model_and_its_gradients(n_layers, layer_norm, k, op):
     """Keys, values, queries and scores tabulated per vocabulary entry (first layer, "=", position
     0 through every layer, the operator token), then gathered per example: the same logits and
     parameter gradients as computing everything per example and position."""
+    normed, layer_norm = layer_norm == "normed", bool(layer_norm)
     model = Transformer(7, 5, n_layers=n_layers, d_model=8, n_heads=2, d_mlp=16, layer_norm=layer_norm,
-                        operator_token=op)
+                        operator_token=op, normed_residual=normed)
     tokens = jax.random.randint(jax.random.PRNGKey(n_layers + k), (13, k), 0, 7)
     labels = jax.random.randint(jax.random.PRNGKey(4), (13,), 0, 5)
     params = init_params(model, jax.random.PRNGKey(1), 1.0, tokens[:1])
@@ -60,7 +61,7 @@ def test_transformer_token_tables_match_textbook_model_and_its_gradients(n_layer
 
     def both(p):  # jitted: a few compilations instead of one per operation
         def ref_fn(p):
-            return _reference_transformer(p, tokens, n_layers, 2, n_symbols=7, op=op)
+            return _reference_transformer(p, tokens, n_layers, 2, n_symbols=7, op=op, normed=normed)
 
         logits = model.apply({"params": p}, tokens), ref_fn(p)
         return logits, jax.value_and_grad(loss(lambda p: model.apply({"params": p}, tokens)))(p), \
@@ -95,9 +96,10 @@ def test_transformer_initialization_is_that_of_earlier_releases():
          -0.4939092695713043], rtol=1e-6)
 
 
-def _reference_transformer(params, tokens, n_layers, n_heads, n_symbols=11, op=False):
+def _reference_transformer(params, tokens, n_layers, n_heads, n_symbols=11, op=False, normed=False):
     """The textbook model: every position of every layer per example, batched per-head matmuls;
-    ``op``: the operator token (id n_symbols + 1) between each two operands."""
+    ``op``: the operator token (id n_symbols + 1) between each two operands; ``normed``: the
+    residual continues from the attention's LayerNorm (Grokfast's Block)."""
     def ln(x, p):
         if p is None:  # layer_norm=False
             return x
@@ -115,6 +117,7 @@ def _reference_transformer(params, tokens, n_layers, n_heads, n_symbols=11, op=F
     for layer in range(n_layers):
         pre = f"layer_{layer}_"
         a = ln(x, params.get(pre + "ln_attn"))
+        x = a if normed else x
         q, k, v = (jnp.einsum("btd,dhk->bthk", a, params[pre + w]) for w in ("wq", "wk", "wv"))
         s = jnp.einsum("bshk,bthk->bhst", q, k) / jnp.sqrt(q.shape[-1])
         att = jax.nn.softmax(jnp.where(mask, s, -jnp.inf), -1)
