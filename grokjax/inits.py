@@ -4,10 +4,11 @@ published codebase, every parameter's initial distribution by its role in the mo
 - ``grokjax`` (the default, grokjax's own since its first release): the transformer draws its
   embeddings, attention and unembedding from N(0, 1/d_model) (Nanda et al.'s convention) and its
   MLP layers from flax's ``Dense`` defaults (LeCun normal, truncated: std 1/sqrt(fan_in); biases
-  0); the MLP model draws embeddings from N(0, 1) and its layers from N(0, 1/fan_in), biases 0.
-- ``torch``: PyTorch's defaults, layer by layer, as the PyTorch grokking code (Power et al.'s
-  reimplementations, Grokfast, Omnigrok) gets them: ``nn.Embedding`` (token and position
-  embeddings) N(0, 1); ``nn.Linear`` weight and bias U(+-1/sqrt(fan_in)) (``kaiming_uniform_``
+  0); the MLP model draws embeddings from N(0, 1), its first layer (over the concatenated
+  embeddings) from N(0, 1/fan_in) and the others from flax's ``Dense`` defaults, biases 0.
+- ``torch``: PyTorch's defaults, layer by layer, as the PyTorch grokking code (Grokfast's
+  ``main.py``, danielmamay/grokking) gets them: ``nn.Embedding`` (token and position embeddings)
+  N(0, 1); ``nn.Linear`` weight and bias U(+-1/sqrt(fan_in)) (``kaiming_uniform_``
   with ``a = sqrt(5)`` gives that bound); ``nn.LayerNorm`` weight 1, bias 0;
   ``nn.MultiheadAttention``: the packed ``[3 d, d]`` query/key/value matrix Xavier-uniform,
   U(+-sqrt(6 / (d + 3 d))), its output projection as ``nn.Linear``, U(+-1/sqrt(d)) (its biases,

@@ -333,3 +333,24 @@ def test_a_bad_init_names_model_init_and_the_allowed_values():
     config = sweep_from_dict({"task": {"name": "add", "p": 7}, "model": {"name": "transformer"},
                               "grid": {"init": ["grokjax", "torch"], "operator_token": [False, True]}})
     assert len({run.static_key() for run in config.runs()}) == 4  # one program per convention and input form
+
+
+@pytest.mark.slow
+def test_torch_init_matches_pytorchs_own_modules():
+    """The ``torch`` convention against the modules themselves (``pip install 'grokjax[bench]'``):
+    each parameter's standard deviation and bound as PyTorch draws it."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    attn, mlp_in, mlp_out = torch.nn.MultiheadAttention(D, H), torch.nn.Linear(D, D_MLP), torch.nn.Linear(D_MLP, D)
+    theirs = dict(embed=torch.nn.Embedding(VOCAB, D).weight, wq=attn.in_proj_weight, wo=attn.out_proj.weight,
+                  mlp_in_kernel=mlp_in.weight, mlp_in_bias=mlp_in.bias, mlp_out_kernel=mlp_out.weight,
+                  unembed=torch.nn.Linear(D, N_SYMBOLS, bias=False).weight)
+    model = transformer(N_SYMBOLS, N_SYMBOLS, n_layers=2, d_model=D, n_heads=H, d_mlp=D_MLP, layer_norm=True,
+                        init="torch", operator_token=True)
+    ours = _flat_by_role(init_params(model, jax.random.PRNGKey(0), 1.0, PAIR))
+    for role, w in theirs.items():
+        w = w.detach().numpy().ravel()
+        np.testing.assert_allclose(ours[role].std(), w.std(), rtol=12 / np.sqrt(min(w.size, ours[role].size)),
+                                   err_msg=role)
+        if role != "embed":
+            np.testing.assert_allclose(np.abs(ours[role]).max(), np.abs(w).max(), rtol=0.05, err_msg=role)
