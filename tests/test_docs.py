@@ -78,6 +78,8 @@ def test_every_page_is_in_the_site_navigation():
 def test_every_sweep_file_shown_is_valid(where, body, tmp_path, monkeypatch):
     if "my_grokking" in body:  # the tutorial's plug-ins, found next to the file as in examples/
         monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    if "torch_port:" in body:  # sweeps/torch_port.py, next to sweeps/torch_init_cpu.toml
+        monkeypatch.syspath_prepend(str(ROOT / "sweeps"))
     (tmp_path / "shown.toml").write_text(body)
     command = "search" if re.search(r"^\[search\]", body, re.M) else "run"
     proc = cli_in_process(command, "shown.toml", "--dry-run", "--no-cache", "--out", tmp_path / "out", cwd=tmp_path)

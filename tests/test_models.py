@@ -1,3 +1,5 @@
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,13 +42,16 @@ def test_transformer_last_position_shortcut_matches_full_causal_model(k):
     np.testing.assert_allclose(model.apply({"params": params}, tokens), full, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("n_layers,layer_norm,k", [(1, False, 2), (1, True, 3), (2, False, 3), (2, True, 2),
-                                                   (3, True, 2)])
-def test_transformer_token_tables_match_textbook_model_and_its_gradients(n_layers, layer_norm, k):
+@pytest.mark.parametrize("n_layers,layer_norm,k,op", [(1, False, 2, False), (1, True, 3, False), (2, False, 3, False),
+                                                      (2, True, 2, False), (3, True, 2, False), (2, True, 2, True),
+                                                      (1, False, 3, True), (2, "normed", 2, True)])
+def test_transformer_token_tables_match_textbook_model_and_its_gradients(n_layers, layer_norm, k, op):
     """Keys, values, queries and scores tabulated per vocabulary entry (first layer, "=", position
-    0 through every layer), then gathered per example: the same logits and parameter gradients as
-    computing everything per example and position."""
-    model = Transformer(7, 5, n_layers=n_layers, d_model=8, n_heads=2, d_mlp=16, layer_norm=layer_norm)
+    0 through every layer, the operator token), then gathered per example: the same logits and
+    parameter gradients as computing everything per example and position."""
+    normed, layer_norm = layer_norm == "normed", bool(layer_norm)
+    model = Transformer(7, 5, n_layers=n_layers, d_model=8, n_heads=2, d_mlp=16, layer_norm=layer_norm,
+                        operator_token=op, normed_residual=normed)
     tokens = jax.random.randint(jax.random.PRNGKey(n_layers + k), (13, k), 0, 7)
     labels = jax.random.randint(jax.random.PRNGKey(4), (13,), 0, 5)
     params = init_params(model, jax.random.PRNGKey(1), 1.0, tokens[:1])
@@ -55,9 +60,12 @@ def test_transformer_token_tables_match_textbook_model_and_its_gradients(n_layer
         return lambda p: optax.softmax_cross_entropy_with_integer_labels(fn(p), labels).mean()
 
     def both(p):  # jitted: a few compilations instead of one per operation
-        logits = model.apply({"params": p}, tokens), _reference_transformer(p, tokens, n_layers, 2, n_symbols=7)
+        def ref_fn(p):
+            return _reference_transformer(p, tokens, n_layers, 2, n_symbols=7, op=op, normed=normed)
+
+        logits = model.apply({"params": p}, tokens), ref_fn(p)
         return logits, jax.value_and_grad(loss(lambda p: model.apply({"params": p}, tokens)))(p), \
-            jax.value_and_grad(loss(lambda p: _reference_transformer(p, tokens, n_layers, 2, n_symbols=7)))(p)
+            jax.value_and_grad(loss(ref_fn))(p)
 
     (logits, ref_logits), ours, ref = jax.jit(both)(params)
     np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-5)
@@ -88,20 +96,28 @@ def test_transformer_initialization_is_that_of_earlier_releases():
          -0.4939092695713043], rtol=1e-6)
 
 
-def _reference_transformer(params, tokens, n_layers, n_heads, n_symbols=11):
-    """The textbook model: every position of every layer per example, batched per-head matmuls."""
+def _reference_transformer(params, tokens, n_layers, n_heads, n_symbols=11, op=False, normed=False):
+    """The textbook model: every position of every layer per example, batched per-head matmuls;
+    ``op``: the operator token (id n_symbols + 1) between each two operands; ``normed``: the
+    residual continues from the attention's LayerNorm (Grokfast's Block)."""
     def ln(x, p):
         if p is None:  # layer_norm=False
             return x
         mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
         return (x - mu) / jnp.sqrt(var + 1e-6) * p["scale"] + p["bias"]
 
-    seq = jnp.concatenate([tokens, jnp.full((tokens.shape[0], 1), n_symbols)], 1)
+    columns = []
+    for t in range(tokens.shape[1]):
+        if t and op:
+            columns.append(jnp.full((tokens.shape[0], 1), n_symbols + 1))
+        columns.append(tokens[:, t:t + 1])
+    seq = jnp.concatenate([*columns, jnp.full((tokens.shape[0], 1), n_symbols)], 1)
     x = params["embed"][seq] + params["pos_embed"]
     mask = jnp.tril(jnp.ones((seq.shape[1], seq.shape[1]), bool))
     for layer in range(n_layers):
         pre = f"layer_{layer}_"
         a = ln(x, params.get(pre + "ln_attn"))
+        x = a if normed else x
         q, k, v = (jnp.einsum("btd,dhk->bthk", a, params[pre + w]) for w in ("wq", "wk", "wv"))
         s = jnp.einsum("bshk,bthk->bhst", q, k) / jnp.sqrt(q.shape[-1])
         att = jax.nn.softmax(jnp.where(mask, s, -jnp.inf), -1)
@@ -202,3 +218,139 @@ def test_mlp_initialization_is_that_of_earlier_releases():
     np.testing.assert_allclose([params["embed"][0, 0], params["hidden_0_kernel"][0, 0, 0],
                                 params["readout"]["kernel"][0, 0]],
                                [0.07614249736070633, 0.21275277435779572, -0.397393137216568], rtol=1e-6)
+
+
+# --- initialization conventions (model.init) and the operator token --------------------------
+# Each convention's claim per parameter, written from the code it follows (torch.nn's
+# reset_parameters; Nanda et al.'s transformers.py), not from grokjax.inits: ("normal", std),
+# ("uniform", bound), ("truncated", std) (flax's LeCun normal: truncated at 2 / 0.8796 std,
+# rescaled to the std), ("const", value).
+D, D_MLP, H, N_SYMBOLS, EMBED, WIDTH = 64, 256, 4, 97, 32, 128
+VOCAB = N_SYMBOLS + 2  # "=" and op
+
+
+def _transformer_claims(init):
+    rd, rm = 1 / np.sqrt(D), 1 / np.sqrt(D_MLP)
+    if init == "torch":
+        qkv = ("uniform", np.sqrt(6 / (D + 3 * D)))  # xavier_uniform_ over the packed [3d, d] in_proj
+        claims = dict(embed=("normal", 1.0), pos_embed=("normal", 1.0), wq=qkv, wk=qkv, wv=qkv, wo=("uniform", rd),
+                      mlp_in_kernel=("uniform", rd), mlp_in_bias=("uniform", rd), mlp_out_kernel=("uniform", rm),
+                      mlp_out_bias=("uniform", rm), unembed=("uniform", rd))
+    else:
+        n = ("normal", rd)
+        claims = dict(embed=n, pos_embed=n, wq=n, wk=n, wv=n, wo=n, mlp_in_bias=("const", 0.0),
+                      mlp_out_bias=("const", 0.0), unembed=n)
+        if init == "grokjax":  # flax Dense's defaults in the MLP
+            claims.update(mlp_in_kernel=("truncated", rd), mlp_out_kernel=("truncated", rm))
+        else:  # Nanda: W_out / sqrt(d_model) too, W_U / sqrt(d_vocab)
+            claims.update(mlp_in_kernel=n, mlp_out_kernel=n, unembed=("normal", 1 / np.sqrt(VOCAB)))
+    layer_norms = {f"ln_{where}_{w}": ("const", float(w == "scale")) for where in ("attn", "mlp", "final")
+                   for w in ("scale", "bias")}
+    return claims | layer_norms
+
+
+def _flat_by_role(params):
+    """``layer_1_mlp_in/kernel`` -> ``mlp_in_kernel``: every layer's parameters pooled by role."""
+    out = {}
+    for path, w in jax.tree_util.tree_flatten_with_path(params)[0]:
+        role = re.sub(r"^layer_\d+_", "", "_".join(p.key for p in path))
+        out.setdefault(role, []).append(np.asarray(w).ravel())
+    return {role: np.concatenate(ws) for role, ws in out.items()}
+
+
+def _assert_distribution(role, w, claim):
+    kind, value = claim
+    n = w.size
+    if kind == "const":
+        np.testing.assert_array_equal(w, value, err_msg=role)
+        return
+    std = value / np.sqrt(3) if kind == "uniform" else value
+    # 6 standard errors: a fixed key makes the draw deterministic, the margin keeps it robust to keys
+    assert abs(w.mean()) < 6 * std / np.sqrt(n), (role, w.mean())
+    kurtosis = {"normal": 3.0, "uniform": 1.8, "truncated": 2.36}[kind]  # the sample variance's spread
+    assert abs(w.var() / std**2 - 1) < 6 * np.sqrt((kurtosis - 1) / n), (role, w.std(), std)
+    if kind == "uniform":
+        assert np.abs(w).max() <= value and np.abs(w).max() > value * (1 - 20 / n), (role, np.abs(w).max())
+    if kind == "truncated":
+        assert np.abs(w).max() <= 2 * value / 0.87962566103423978 + 1e-6, role
+
+
+@pytest.mark.parametrize("init", ["grokjax", "torch", "nanda"])
+def test_each_transformer_init_draws_the_distribution_it_claims(init):
+    model = transformer(N_SYMBOLS, N_SYMBOLS, n_layers=2, d_model=D, n_heads=H, d_mlp=D_MLP, layer_norm=True,
+                        init=init, operator_token=True)
+    params = _flat_by_role(init_params(model, jax.random.PRNGKey(0), 1.0, PAIR))
+    claims = _transformer_claims(init)
+    assert set(params) == set(claims)
+    for role, claim in claims.items():
+        _assert_distribution(role, params[role], claim)
+
+
+@pytest.mark.parametrize("init", ["grokjax", "torch"])
+def test_each_mlp_init_draws_the_distribution_it_claims(init):
+    model = mlp(N_SYMBOLS, N_SYMBOLS, embed_dim=EMBED, width=WIDTH, depth=2, init=init)
+    params = {"/".join(p.key for p in path): np.asarray(w).ravel()
+              for path, w in jax.tree_util.tree_flatten_with_path(init_params(model, jax.random.PRNGKey(0), 1.0,
+                                                                              PAIR))[0]}
+    first, rest = 1 / np.sqrt(2 * EMBED), 1 / np.sqrt(WIDTH)  # fan-in: two concatenated embeddings, then width
+    if init == "torch":
+        claims = {"hidden_0_kernel": ("uniform", first), "hidden_0_bias": ("uniform", first)}
+        claims |= {f"{layer}/{w}": ("uniform", rest) for layer in ("hidden_1", "readout") for w in ("kernel", "bias")}
+    else:
+        claims = {"hidden_0_kernel": ("normal", first), "hidden_0_bias": ("const", 0.0)}
+        claims |= {f"{layer}/kernel": ("truncated", rest) for layer in ("hidden_1", "readout")}
+        claims |= {f"{layer}/bias": ("const", 0.0) for layer in ("hidden_1", "readout")}
+    claims["embed"] = ("normal", 1.0)
+    assert set(params) == set(claims)
+    for role, claim in claims.items():
+        _assert_distribution(role, params[role], claim)
+
+
+@pytest.mark.parametrize("init", ["torch", "nanda"])
+def test_init_scale_multiplies_each_convention(init):
+    model = transformer(7, 7, d_model=8, n_heads=2, d_mlp=16, init=init)
+    a, b = (init_params(model, jax.random.PRNGKey(0), scale, PAIR) for scale in (1.0, 4.0))
+    for wa, wb in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(wb, 4.0 * wa, rtol=1e-6)
+
+
+def test_operator_token_is_one_more_vocabulary_entry_and_position():
+    model = transformer(97, 97, d_model=16, n_heads=2, d_mlp=32, operator_token=True)
+    params = init_params(model, jax.random.PRNGKey(0), 1.0, PAIR)
+    assert params["embed"].shape == (99, 16) and params["pos_embed"].shape == (4, 16)  # [x, op, y, =]
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (5, 2), 0, 97)
+    moved = dict(params, embed=params["embed"].at[98].add(1.0))  # only op's row: it is read
+    assert not np.allclose(model.apply({"params": params}, tokens), model.apply({"params": moved}, tokens))
+
+
+def test_a_bad_init_names_model_init_and_the_allowed_values():
+    from grokjax import SweepError, sweep_from_dict
+
+    with pytest.raises(SweepError, match="model.init = 'xavier' is not one of grokjax, torch, nanda"):
+        sweep_from_dict({"task": {"name": "add", "p": 7}, "model": {"name": "transformer", "init": "xavier"}})
+    with pytest.raises(SweepError, match="model.init = 'nanda' is not one of grokjax, torch$"):
+        sweep_from_dict({"task": {"name": "add", "p": 7}, "model": {"name": "mlp", "init": "nanda"}})
+    config = sweep_from_dict({"task": {"name": "add", "p": 7}, "model": {"name": "transformer"},
+                              "grid": {"init": ["grokjax", "torch"], "operator_token": [False, True]}})
+    assert len({run.static_key() for run in config.runs()}) == 4  # one program per convention and input form
+
+
+@pytest.mark.slow
+def test_torch_init_matches_pytorchs_own_modules():
+    """The ``torch`` convention against the modules themselves (``pip install 'grokjax[bench]'``):
+    each parameter's standard deviation and bound as PyTorch draws it."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    attn, mlp_in, mlp_out = torch.nn.MultiheadAttention(D, H), torch.nn.Linear(D, D_MLP), torch.nn.Linear(D_MLP, D)
+    theirs = dict(embed=torch.nn.Embedding(VOCAB, D).weight, wq=attn.in_proj_weight, wo=attn.out_proj.weight,
+                  mlp_in_kernel=mlp_in.weight, mlp_in_bias=mlp_in.bias, mlp_out_kernel=mlp_out.weight,
+                  unembed=torch.nn.Linear(D, N_SYMBOLS, bias=False).weight)
+    model = transformer(N_SYMBOLS, N_SYMBOLS, n_layers=2, d_model=D, n_heads=H, d_mlp=D_MLP, layer_norm=True,
+                        init="torch", operator_token=True)
+    ours = _flat_by_role(init_params(model, jax.random.PRNGKey(0), 1.0, PAIR))
+    for role, w in theirs.items():
+        w = w.detach().numpy().ravel()
+        np.testing.assert_allclose(ours[role].std(), w.std(), rtol=12 / np.sqrt(min(w.size, ours[role].size)),
+                                   err_msg=role)
+        if role != "embed":
+            np.testing.assert_allclose(np.abs(ours[role]).max(), np.abs(w).max(), rtol=0.05, err_msg=role)
