@@ -49,10 +49,34 @@ def config_fingerprint(config: SweepConfig) -> dict[str, Any]:
     return json.loads(json.dumps(config_flat(config), default=list))
 
 
+_UNNAMED = object()
+
+
+def _default(key: str) -> Any:
+    """The default of engine setting ``section.field`` as JSON gives it back (else a sentinel)."""
+    section, _, name = key.partition(".")
+    for f in engine_fields(SECTIONS[section]) if section in SECTIONS else ():
+        if f.name == name and f.default is not dataclasses.MISSING:
+            return json.loads(json.dumps(f.default, default=list))
+    return _UNNAMED
+
+
 def describe_changes(saved: dict, current: dict) -> list[str]:
+    """The settings that differ between two fingerprints, as ``key: old -> new`` lines.
+
+    A setting only one of them names counts as its default there: a checkpoint made before a
+    grokjax version added a setting resumes when the sweep leaves it at that default.
+
+    Args:
+      saved: the fingerprint a checkpoint or results folder recorded.
+      current: ``config_fingerprint`` of the sweep at hand.
+
+    Returns:
+      One line per changed setting, sorted by key (empty: the same sweep).
+    """
     keys = sorted(set(saved) | set(current))
     return [f"{k}: {saved.get(k, '(unset)')!r} -> {current.get(k, '(unset)')!r}"
-            for k in keys if saved.get(k) != current.get(k)]
+            for k in keys if saved.get(k, _default(k)) != current.get(k, _default(k))]
 
 
 @dataclasses.dataclass

@@ -17,6 +17,7 @@ import socket
 import sys
 from pathlib import Path
 
+from grokjax.checkpoint import describe_changes
 from grokjax.errors import SweepError
 
 LOCK_FILE = ".grokjax.lock"
@@ -48,7 +49,7 @@ def check_target(out: Path, fingerprint: dict, overwrite: bool) -> str | None:
     what, meta = describe(out)
     if overwrite:
         return f"--overwrite: replacing {what} in {out}"
-    if meta.get("config") == fingerprint:
+    if isinstance(meta.get("config"), dict) and not describe_changes(meta["config"], fingerprint):
         return f"replacing {what} in {out}: the same sweep settings"
     raise SweepError(f"--out {out} holds {what}; refusing to overwrite them. Use --resume to continue that sweep "
                      f"(same sweep file), --overwrite to replace it, or another --out folder")

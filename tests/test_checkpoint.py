@@ -161,3 +161,13 @@ def test_describe_changes():
     a = config_fingerprint(sweep_from_dict(dict(grid=dict(seed=[0, 1]))))
     b = config_fingerprint(sweep_from_dict(dict(name="other", optimizer=dict(lr=0.1), grid=dict(seed=[0, 1, 2]))))
     assert describe_changes(a, b) == ["grid.seed: [0, 1] -> [0, 1, 2]", "optimizer.lr: 0.001 -> 0.1"]
+
+
+def test_a_setting_added_since_the_checkpoint_counts_as_its_default():
+    # a checkpoint written before a grokjax version added settings (the LLC's, say) resumes when
+    # the sweep leaves them at their defaults, and is refused when it sets one
+    now = config_fingerprint(sweep_from_dict(dict(grid=dict(seed=[0, 1]))))
+    before = {k: v for k, v in now.items() if not k.startswith("train.llc_") and k != "train.measures"}
+    assert describe_changes(before, now) == []
+    later = config_fingerprint(sweep_from_dict(dict(train=dict(measures=["logits"]), grid=dict(seed=[0, 1]))))
+    assert describe_changes(before, later) == ["train.measures: '(unset)' -> ['logits']"]
