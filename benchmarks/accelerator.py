@@ -53,12 +53,14 @@ def workload(name: str, tiny: bool) -> dict:
                 model={k: TINY_DIMS.get(k, v) for k, v in w["model"].items()})
 
 
-def config_of(w: dict, runs: int, steps: int, precision: str) -> grokjax.SweepConfig:
-    """The grid of ``runs`` seeds of workload ``w`` (as ``bench.workload_config`` builds it)."""
+def config_of(w: dict, runs: int, steps: int, precision: str, runs_per_batch: int = 0) -> grokjax.SweepConfig:
+    """The grid of ``runs`` seeds of workload ``w`` (as ``bench.workload_config`` builds it);
+    ``runs_per_batch`` 0: the vmap width chosen as for a user (measured on a CPU)."""
     return grokjax.sweep_from_dict(dict(
         name="accelerator", task=dict(w["task"], data_fraction=0.5), model=w["model"],
         optimizer=dict(name="adamw", lr=1e-3, weight_decay=1.0),
-        train=dict(steps=steps, eval_every=steps, batch_size=w["batch_size"], precision=precision),
+        train=dict(steps=steps, eval_every=steps, batch_size=w["batch_size"], precision=precision,
+                   runs_per_batch=runs_per_batch),
         events=dict(stop_early=False), grid=dict(seed=list(range(runs)))))
 
 
@@ -77,11 +79,12 @@ def workloads(sizes: dict, budget) -> list[dict]:
     rows = []
     for name in WORKLOADS:
         w = workload(name, sizes["tiny"])
-        for precision in ("float32", "tensorfloat32"):
+        # --tiny: TF32 on W1 alone and no width measurement, the paths without their compile time
+        for precision in ("float32", "tensorfloat32") if not sizes["tiny"] or name == "W1" else ("float32",):
             for runs in sizes["runs"]:
                 if not budget(f"{name} {precision} at {runs} runs"):
                     continue
-                config = config_of(w, runs, sizes["steps"], precision)
+                config = config_of(w, runs, sizes["steps"], precision, runs if sizes["tiny"] else 0)
                 try:
                     r = grokjax.run_sweep(config, progress=False, tune_cache=None)
                 except Exception as e:  # noqa: BLE001 - out of memory at the largest sizes: say so, go on

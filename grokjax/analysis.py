@@ -318,3 +318,31 @@ def progress_steps(curves: pd.DataFrame, loss_threshold: float = 0.1) -> pd.Data
         if column in out:
             out[column] = out[column].astype("Int64")
     return out
+
+
+def summary_table(runs: pd.DataFrame, x: str, y: str | None = None, hide: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The table ``grokjax summary`` prints: per cell, runs, share grokked, median grok step with
+    its interquartile range, and the majority phase with its share, formatted for reading.
+
+    Args:
+      runs: ``runs.parquet`` as a DataFrame.
+      x, y: the cell's axes (``y`` optional), as ``cell_summary`` takes them.
+      hide: axis columns to leave out of the table (a placeholder axis).
+
+    Returns:
+      One row per cell, strings where a number needs words ("never").
+    """
+    cells = cell_summary(runs, x, y)
+
+    def steps(v):
+        return "never" if not np.isfinite(v) else f"{v:.0f}"
+
+    return pd.DataFrame({
+        **{k: cells[k] for k in (y, x) if k and k not in hide},
+        "runs": cells["runs"],
+        "grokked": [f"{v:.0%}" for v in cells["grokked"]],
+        "median grok_step": [steps(v) for v in cells["median_grok_step"]],
+        "IQR": [steps(a) if a == b else f"{steps(a)}-{steps(b)}"
+                for a, b in zip(cells["q25_grok_step"], cells["q75_grok_step"])],
+        "phase": [f"{p} ({s:.0%})" for p, s in zip(cells["phase"], cells["phase_share"])],
+    })

@@ -13,10 +13,9 @@ import sys
 from pathlib import Path
 
 import jax
-import numpy as np
 import pandas as pd
 
-from grokjax.analysis import METRICS, cell_summary
+from grokjax.analysis import METRICS, summary_table
 from grokjax.cli_share import add_share_commands
 from grokjax.options import SweepOptions
 from grokjax.overrides import describe as describe_overrides
@@ -159,21 +158,7 @@ def _boundary_text(boundary: pd.DataFrame) -> str:
 
 def _summary(runs, x: str, y: str | None) -> str:
     """Per cell: runs, share grokked, median grok step with interquartile range, majority phase."""
-    cells = cell_summary(runs, x, y)
-
-    def steps(v):
-        return "never" if not np.isfinite(v) else f"{v:.0f}"
-
-    table = pd.DataFrame({
-        **{k: cells[k] for k in (y, x) if k},
-        "runs": cells["runs"],
-        "grokked": [f"{v:.0%}" for v in cells["grokked"]],
-        "median grok_step": [steps(v) for v in cells["median_grok_step"]],
-        "IQR": [steps(a) if a == b else f"{steps(a)}-{steps(b)}"
-                for a, b in zip(cells["q25_grok_step"], cells["q75_grok_step"])],
-        "phase": [f"{p} ({s:.0%})" for p, s in zip(cells["phase"], cells["phase_share"])],
-    })
-    return table.to_string(index=False)
+    return summary_table(runs, x, y).to_string(index=False)
 
 
 def _axes_of(path: Path, runs) -> tuple[str | None, str | None]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from grokjax.analysis import cell_summary
+from grokjax.analysis import cell_summary, summary_table
 from grokjax.errors import SweepError
 from grokjax.plots import default_axes, plot_results
 from grokjax.report_page import MARK, page
@@ -117,7 +117,7 @@ def report_html(path: Path, results: Results) -> str:
     cell_runs = runs.assign(**{_ALL: "all runs"}) if x is None else runs
     sections = {
         "What was run": _what_was_run(meta, sweep, sweep_text),
-        "Summary per cell": _table(_summary(cell_runs, x or _ALL, y)),
+        "Summary per cell": _table(summary_table(cell_runs, x or _ALL, y, hide=(_ALL,))),
     }
     if results.boundary is not None:
         sections["Boundary"] = _table(results.boundary.drop(columns=["probed_values"], errors="ignore"))
@@ -163,24 +163,6 @@ def _what_was_run(meta: dict, sweep: dict, sweep_text: str | None) -> str:
 
 def _seconds(value) -> str | None:
     return None if value is None else f"{value:,.1f} s"
-
-
-def _summary(runs: pd.DataFrame, x: str, y: str | None) -> pd.DataFrame:
-    """The summary table of ``grokjax summary``, one row per cell."""
-    cells = cell_summary(runs, x, y)
-
-    def steps(v):
-        return "never" if not np.isfinite(v) else f"{v:.0f}"
-
-    return pd.DataFrame({
-        **{k: cells[k] for k in (y, x) if k and k != _ALL},
-        "runs": cells["runs"],
-        "grokked": [f"{v:.0%}" for v in cells["grokked"]],
-        "median grok_step": [steps(v) for v in cells["median_grok_step"]],
-        "IQR": [steps(a) if a == b else f"{steps(a)}-{steps(b)}"
-                for a, b in zip(cells["q25_grok_step"], cells["q75_grok_step"])],
-        "phase": [f"{p} ({s:.0%})" for p, s in zip(cells["phase"], cells["phase_share"])],
-    })
 
 
 def _table(df: pd.DataFrame) -> str:
