@@ -390,7 +390,10 @@ def train_group(program: Program, settings: RunSettings, run_ids: list[int],
         slots = np.where(np.arange(width) < len(run_ids), np.arange(width), -1)
         resume = GroupState(trainer.start(None, slots, np.ones(width, bool)), slots, int(min(width, len(run_ids))), 0,
                             width, per_batch)
-    queue = GroupQueue(trainer, list(run_ids), resume, layout.repack, extend, layout.compile_ahead)
+    repack, ahead = layout.repack, layout.compile_ahead
+    if jax.process_count() > 1 and repack is True:  # every process must shrink alike: no decision by timing
+        repack, ahead = "always", False
+    queue = GroupQueue(trainer, list(run_ids), resume, repack, extend, ahead)
     t0, compiled_before = time.perf_counter(), trainer.compile_time
     while True:
         round_, finished, real = queue.round(t0)
