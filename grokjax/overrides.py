@@ -32,7 +32,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 Overrides = Iterable[str] | Mapping[str, Any]
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")  # fullmatch: "$" would accept a trailing newline
 _TOML_START = tuple("[{\"'")  # a value starting so is meant as TOML, never a bare word
 
 
@@ -205,7 +205,7 @@ def _dotted(table: Mapping, prefix: str = ""):
 
 
 def _key(key: str) -> str:
-    return key if _BARE_KEY.match(key) else _string(key)
+    return key if _BARE_KEY.fullmatch(key) else _string(key)
 
 
 def _string(text: str) -> str:

@@ -5,16 +5,18 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-# Compiling hundreds of small programs is most of this suite's time on a 2-core CPU, so LLVM's
-# optimization of XLA's own loops (not of the matmul libraries) is off for the tests: a quarter
-# of their time. Every program of a test and every process it starts compile alike (see
-# devices_env), so what a test compares comes from one compiler setting; grokjax's commands and
-# benchmarks run at the default level, and so do the tests that launch the command line as a
-# user does (test_cli's quick launches) and the checkpoint invariants (test_checkpoint).
-TEST_XLA_FLAG = "--xla_backend_optimization_level=0"
-# what a user's process compiles with (pytest-xdist's workers inherit the flag from the main process)
-USER_XLA_FLAGS = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if f != TEST_XLA_FLAG)
-os.environ["XLA_FLAGS"] = f"{USER_XLA_FLAGS} {TEST_XLA_FLAG}".strip()
+# Compiling hundreds of small programs is most of this suite's time on a 2-core CPU, so the
+# tests compile cheaply: LLVM's optimization of XLA's own loops (not of the matmul libraries) off,
+# and at that level XLA:CPU's older elemental emitters instead of its MLIR fusion emitters, which
+# halves a small program's compile time again (docs/development.md). Every
+# program of a test and every process it starts compile alike (see devices_env), so what a test
+# compares comes from one compiler setting; grokjax's commands and benchmarks run at the default
+# settings, and so do the tests that launch the command line as a user does (test_cli's quick
+# launches) and the checkpoint invariants (test_checkpoint).
+TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
+# what a user's process compiles with (pytest-xdist's workers inherit the flags from the main process)
+USER_XLA_FLAGS = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if f not in TEST_XLA_FLAGS)
+os.environ["XLA_FLAGS"] = " ".join((USER_XLA_FLAGS, *TEST_XLA_FLAGS)).strip()
 
 import jax  # noqa: E402  (after XLA_FLAGS: read when the backend starts)
 import pytest
@@ -25,9 +27,12 @@ import grokjax
 def make_sweep(**sections):
     """A small sweep from keyword sections: make_sweep(task=dict(p=11), grid=dict(seed=[0, 1])).
     Progress measures are off unless a test turns them on (they add about 15 % to a small sweep's
-    compilation; tests/test_progress.py and the CLI tests of sweep files keep them on)."""
+    compilation; tests/test_progress.py and the CLI tests of sweep files keep them on). The vmap
+    width is set (4): measuring it compiles three more programs, half of a tiny sweep's time;
+    tests/test_width.py and the command-line tests measure it (``runs_per_batch=0``)."""
     raw = dict(name="test", task=dict(name="add", p=23), model=dict(name="mlp", embed_dim=32, width=64),
-               optimizer=dict(lr=1e-2, weight_decay=1.0), train=dict(steps=60, eval_every=10, progress_measures=False))
+               optimizer=dict(lr=1e-2, weight_decay=1.0),
+               train=dict(steps=60, eval_every=10, progress_measures=False, runs_per_batch=4))
     for key, value in sections.items():
         replace = key == "grid" or not isinstance(value, dict) or (key == "model" and "name" in value)
         raw[key] = value if replace else {**raw.get(key, {}), **value}
@@ -107,6 +112,37 @@ def no_persistent_cache():
     jax.config.update("jax_enable_compilation_cache", False)
     yield
     jax.config.update("jax_enable_compilation_cache", True)
+
+
+# XLA's own defaults, for programs compiled with ``user_compiler``: they override TEST_XLA_FLAGS
+USER_COMPILER_OPTIONS = {"xla_backend_optimization_level": 3, "xla_cpu_use_fusion_emitters": True}
+
+
+@contextlib.contextmanager
+def compiled_as_user():
+    """Within: programs compiled ahead of time (every grid program of a sweep,
+    ``grokjax.compiling``) get XLA's default settings instead of the suite's cheap ones. For
+    tests that train for long: a program compiled at level 0 runs several times slower (the
+    quickstart's MLP period, about 5x), which costs more than its compilation saves once it trains
+    for more than a second or two. Small programs (eager operations, the width measurement) keep
+    the cheap settings."""
+    compile_lowered = jax.stages.Lowered.compile
+
+    def compile_as_a_user(self, compiler_options=None, **kwargs):
+        return compile_lowered(self, {**USER_COMPILER_OPTIONS, **(compiler_options or {})}, **kwargs)
+
+    jax.stages.Lowered.compile = compile_as_a_user
+    try:
+        yield
+    finally:
+        jax.stages.Lowered.compile = compile_lowered
+
+
+@pytest.fixture
+def user_compiler():
+    """The test's grid programs compiled at XLA's default settings (``compiled_as_user``)."""
+    with compiled_as_user():
+        yield
 
 
 def devices_env(n: int, as_user: bool = False) -> dict[str, str]:

@@ -161,7 +161,10 @@ def test_every_results_column_and_meta_key_is_documented(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_notebook_tutorial_runs(tmp_path):
+def test_the_notebook_tutorial_runs(tmp_path, monkeypatch):
+    from conftest import USER_XLA_FLAGS
+
+    monkeypatch.setenv("XLA_FLAGS", USER_XLA_FLAGS)  # the kernel compiles as a reader's would (and trains faster)
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     notebook = nbformat.read(DOCS / "tutorial.ipynb", as_version=4)

@@ -1,3 +1,4 @@
+import functools
 import re
 
 import jax
@@ -6,8 +7,19 @@ import numpy as np
 import optax
 import pytest
 
-from grokjax.models import MLP, Transformer, count_params, init_params, mlp, transformer
+from grokjax import models
+from grokjax.models import MLP, Transformer, count_params, mlp, transformer
 from grokjax.tasks import make_task
+
+# Jitted: one compilation per model instead of one per operation run eagerly (each eager operation
+# of a new shape is a program of its own: most of this module's time before). Same numbers.
+init_params = jax.jit(models.init_params, static_argnums=0)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def apply(model, params, inputs):
+    return model.apply({"params": params}, inputs)
+
 
 PAIR = jnp.zeros((1, 2), jnp.int32)  # a sample input: two operand tokens
 
@@ -26,7 +38,7 @@ def test_nanda_transformer_parameter_count():
 def test_power_transformer_builds_with_layer_norm():
     model = Transformer(97, 97, n_layers=2, d_model=128, n_heads=4, d_mlp=512, layer_norm=True)
     params = init_params(model, jax.random.PRNGKey(0), 1.0, PAIR)
-    logits = model.apply({"params": params}, jnp.zeros((5, 2), jnp.int32))
+    logits = apply(model, params, jnp.zeros((5, 2), jnp.int32))
     assert logits.shape == (5, 97)
     assert "layer_1_ln_attn" in params and "ln_final" in params
 
@@ -38,8 +50,8 @@ def test_transformer_last_position_shortcut_matches_full_causal_model(k):
     model = Transformer(11, 11, n_layers=2, d_model=16, n_heads=2, d_mlp=32, layer_norm=True)
     tokens = jax.random.randint(jax.random.PRNGKey(2), (7, k), 0, 11)
     params = init_params(model, jax.random.PRNGKey(1), 1.0, tokens[:1])
-    full = _reference_transformer(params, tokens, n_layers=2, n_heads=2)
-    np.testing.assert_allclose(model.apply({"params": params}, tokens), full, rtol=1e-5, atol=1e-5)
+    full = jax.jit(lambda p, t: _reference_transformer(p, t, n_layers=2, n_heads=2))(params, tokens)
+    np.testing.assert_allclose(apply(model, params, tokens), full, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("n_layers,layer_norm,k,op", [(1, False, 2, False), (1, True, 3, False), (2, False, 3, False),
@@ -138,7 +150,7 @@ def test_mlp_per_token_tables_match_dense_over_concatenated_embeddings(k):
     h = jax.nn.relu(e @ dense + params["hidden_0_bias"])
     h = jax.nn.relu(h @ params["hidden_1"]["kernel"] + params["hidden_1"]["bias"])
     ref = h @ params["readout"]["kernel"] + params["readout"]["bias"]
-    np.testing.assert_allclose(model.apply({"params": params}, tokens), ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(apply(model, params, tokens), ref, rtol=1e-5, atol=1e-5)
 
 
 def test_init_scale_multiplies_every_weight():
@@ -153,7 +165,7 @@ def test_init_scale_multiplies_every_weight():
 def test_mlp_activations_and_depth(activation):
     model = MLP(5, 5, embed_dim=4, width=8, depth=3, activation=activation)
     params = init_params(model, jax.random.PRNGKey(0), 1.0, PAIR)
-    assert model.apply({"params": params}, jnp.zeros((2, 2), jnp.int32)).shape == (2, 5)
+    assert apply(model, params, jnp.zeros((2, 2), jnp.int32)).shape == (2, 5)
     assert {"hidden_1", "hidden_2", "readout"} <= set(params)
 
 
@@ -178,7 +190,7 @@ def test_tiny_transformer_fits_its_training_set():
         return jax.lax.scan(step, (params, tx.init(params)), None, length=300)[0][0]
 
     params = train(params)
-    correct = int((model.apply({"params": params}, inputs).argmax(-1) == labels).sum())
+    correct = int((apply(model, params, inputs).argmax(-1) == labels).sum())
     assert correct == len(labels)
 
 
@@ -190,16 +202,16 @@ def test_bfloat16_computes_in_bf16_with_float32_parameters(model):
     low = model.clone(dtype=jnp.bfloat16)
     low_params = init_params(low, jax.random.PRNGKey(0), 1.0, PAIR)
     assert all(w.dtype == jnp.float32 for w in jax.tree.leaves(low_params))
-    logits = low.apply({"params": params}, tokens)
+    logits = apply(low, params, tokens)
     assert logits.dtype == jnp.bfloat16
-    np.testing.assert_allclose(logits.astype(np.float32), model.apply({"params": params}, tokens), atol=0.1)
+    np.testing.assert_allclose(logits.astype(np.float32), apply(model, params, tokens), atol=0.1)
 
 
 def test_mlp_reads_float_features():
     model = mlp(64, 10, width=32)
     x = jax.random.uniform(jax.random.PRNGKey(0), (5, 64))
     params = init_params(model, jax.random.PRNGKey(1), 1.0, x[:1])
-    assert model.apply({"params": params}, x).shape == (5, 10) and "embed" not in params
+    assert apply(model, params, x).shape == (5, 10) and "embed" not in params
 
 
 def test_factories_refuse_bad_settings_by_name():
@@ -320,7 +332,7 @@ def test_operator_token_is_one_more_vocabulary_entry_and_position():
     assert params["embed"].shape == (99, 16) and params["pos_embed"].shape == (4, 16)  # [x, op, y, =]
     tokens = jax.random.randint(jax.random.PRNGKey(1), (5, 2), 0, 97)
     moved = dict(params, embed=params["embed"].at[98].add(1.0))  # only op's row: it is read
-    assert not np.allclose(model.apply({"params": params}, tokens), model.apply({"params": moved}, tokens))
+    assert not np.allclose(apply(model, params, tokens), apply(model, moved, tokens))
 
 
 def test_a_bad_init_names_model_init_and_the_allowed_values():

@@ -91,7 +91,7 @@ def test_run_in_a_grid_follows_the_same_curve_as_alone(sweep, seed_2_alone, runs
 
 
 @pytest.mark.slow
-def test_grokking_happens_and_no_weight_decay_with_little_data_does_not():
+def test_grokking_happens_and_no_weight_decay_with_little_data_does_not(user_compiler):
     """p=47 MLP: at 70 % data and weight decay 1 train accuracy reaches 0.99 within a few dozen
     steps and test accuracy only hundreds of steps later; at 30 % without decay it never does."""
     config = grokjax.sweep_from_dict(dict(

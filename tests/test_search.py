@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import compiled_as_user
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -164,14 +165,15 @@ direction = "up"
 def searched(tmp_path_factory):
     folder = tmp_path_factory.mktemp("search")
     (folder / "boundary.toml").write_text(SWEEP)
-    code = main(["search", str(folder / "boundary.toml"), "--out", str(folder / "out"), "--quiet", "--no-cache",
-                 "--checkpoint-every", "0"])
+    with compiled_as_user():  # it trains for long: compiled as for a user, it runs several times faster
+        code = main(["search", str(folder / "boundary.toml"), "--out", str(folder / "out"), "--quiet", "--no-cache",
+                     "--checkpoint-every", "0"])
     assert code == 0
     return folder
 
 
 @pytest.mark.slow
-def test_search_agrees_with_the_dense_grid_for_fewer_run_steps(searched):
+def test_search_agrees_with_the_dense_grid_for_fewer_run_steps(searched, user_compiler):
     from grokjax.results import load_results
     from grokjax.sweep import load_sweep
 
@@ -193,7 +195,7 @@ def test_search_agrees_with_the_dense_grid_for_fewer_run_steps(searched):
 
 
 @pytest.mark.slow
-def test_search_resumes_to_the_same_results(searched, tmp_path):
+def test_search_resumes_to_the_same_results(searched, tmp_path, user_compiler):
     from grokjax.results import load_results
     from grokjax.sweep import load_sweep
 
@@ -216,17 +218,47 @@ def test_search_resumes_to_the_same_results(searched, tmp_path):
     pd.testing.assert_frame_equal(resumed.boundary, full.boundary)
 
 
-def test_cli_prints_the_boundary_and_refuses_the_wrong_command(searched, capsys):
-    assert main(["summary", str(searched / "out")]) == 0
+DIVERGE = """
+name = "diverge"
+[task]
+name = "add"
+p = 11
+[model]
+embed_dim = 8
+width = 16
+[train]
+steps = 20
+eval_every = 10
+runs_per_batch = 2
+progress_measures = false
+[grid]
+data_fraction = [0.5]
+[search]
+axis = "lr"
+low = 1e-3
+high = 1e12
+resolution = 10.0
+seeds = 2
+criterion = "diverge"
+"""
+
+
+def test_cli_prints_the_boundary_and_refuses_the_wrong_command(tmp_path, capsys):
+    """Through the command line: a small search (where the learning rate diverges: no grokking
+    to wait for), its summary, and the files ``search`` or ``run`` refuse."""
+    (tmp_path / "diverge.toml").write_text(DIVERGE)
+    assert main(["search", str(tmp_path / "diverge.toml"), "--out", str(tmp_path / "out"), "--quiet", "--no-cache",
+                 "--checkpoint-every", "0"]) == 0
+    assert main(["summary", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
-    assert "boundary (critical data_fraction per cell)" in out and "bracketed" in out
-    assert main(["run", str(searched / "boundary.toml")]) == 2
+    assert "boundary (critical lr per cell)" in out and "bracketed" in out
+    assert main(["run", str(tmp_path / "diverge.toml")]) == 2
     assert "grokjax search" in capsys.readouterr().err
-    (searched / "plain.toml").write_text(SWEEP.split("[search]")[0])
-    assert main(["search", str(searched / "plain.toml")]) == 2
+    (tmp_path / "plain.toml").write_text(SWEEP.split("[search]")[0])
+    assert main(["search", str(tmp_path / "plain.toml")]) == 2
     assert "no [search] section" in capsys.readouterr().err
-    (searched / "bad.toml").write_text(SWEEP.replace("low = 0.3", "low = 0.8"))
-    assert main(["search", str(searched / "bad.toml"), "--dry-run"]) == 2
+    (tmp_path / "bad.toml").write_text(SWEEP.replace("low = 0.3", "low = 0.8"))
+    assert main(["search", str(tmp_path / "bad.toml"), "--dry-run"]) == 2
     assert "search.low (0.8) must be smaller than search.high (0.7)" in capsys.readouterr().err
 
 

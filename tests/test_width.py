@@ -6,7 +6,7 @@ from grokjax.width import tune_runs_per_batch
 def test_vmap_width_is_measured_recorded_and_remembered(tmp_path, sweep, monkeypatch):
     import grokjax.width as width
 
-    config = sweep(grid=dict(seed=list(range(12))))
+    config = sweep(train=dict(runs_per_batch=0), grid=dict(seed=list(range(12))))  # measured
     program, settings = build_program(config.runs()[0], config.runs()), run_settings(config.runs())
     cache = tmp_path / "widths.json"
     k, choice = tune_runs_per_batch(program, settings, 12, 0, cache)
@@ -20,8 +20,8 @@ def test_vmap_width_is_measured_recorded_and_remembered(tmp_path, sweep, monkeyp
     assert (again, choice_again["source"], choice_again["run_steps_per_s"]) == (k, "measured earlier",
                                                                                  choice["run_steps_per_s"])
     # another budget (steps) costs the same per step: nothing to measure; an explicit width wins
-    assert tune_runs_per_batch(build_program(sweep(train=dict(steps=90)), config.runs()), settings, 12, 0,
-                               cache)[1]["source"] == "measured earlier"
+    longer = build_program(sweep(train=dict(steps=90, runs_per_batch=0)), config.runs())
+    assert tune_runs_per_batch(longer, settings, 12, 0, cache)[1]["source"] == "measured earlier"
     assert tune_runs_per_batch(program, settings, 12, 4) == (4, dict(source="config"))
     meta = grokjax.run_sweep(config, progress=False).meta["groups"][0]
     assert meta["runs_per_batch"] == k and meta["runs_per_batch_choice"]["source"] == "measured earlier"
