@@ -27,12 +27,14 @@ The two estimate the same quantity; read from devinterp 1.3.2's source, the conv
 - left as they are: a diverged chain (estimate not finite or above ``d``) is dropped by grokjax
   and flagged (``llc_diverged``); devinterp raises on a NaN loss. The settings here diverge none.
 
-Then, in this one process, the cost: ``sweeps/llc_cpu.toml``'s runs for 500 steps with the LLC
-off, every 5th evaluation and every evaluation (compile, train and wall seconds, and their ratios
-to off), and a check that the LLC off leaves the program as it was: the period's lowered program
-with ``llc_every = 0`` is the same text whatever the other ``llc_*`` settings, with no branch.
+Then, in this one process, the cost: ``sweeps/llc_cpu.toml``'s runs for ``--cost-steps`` steps
+with the LLC off and at the file's cadence (``--every-evaluation``: also at every evaluation):
+compile, train and wall seconds, and their ratios to off; and a check that the LLC off leaves
+the program as it was: the period's lowered program with ``llc_every = 0`` is the same text
+whatever the other ``llc_*`` settings, with no branch.
 
-    python benchmarks/llc_vs_devinterp.py [--p 23] [--chains 8] [--draws 200] [--out FILE.md]
+    python benchmarks/llc_vs_devinterp.py [--p 23] [--chains 8] [--draws 200] [--cost-steps 200]
+        [--every-evaluation] [--out FILE.md]
 """
 
 from __future__ import annotations
@@ -154,7 +156,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--epsilon", type=float, default=1e-4)
     parser.add_argument("--gamma", type=float, default=100.0)
-    parser.add_argument("--cost-steps", type=int, default=500)
+    parser.add_argument("--cost-steps", type=int, default=200, help="steps of the cost's sweeps")
+    parser.add_argument("--every-evaluation", action="store_true",
+                        help="the cost with an estimate at every evaluation too")
     parser.add_argument("--out", default="llc_vs_devinterp.md", help="the tables as markdown")
     args = parser.parse_args()
     lines = []
@@ -198,7 +202,7 @@ def main() -> None:
     say(f"\nLLC off leaves the program alone: the same lowered period whatever the llc_* settings: {same}; "
         f"no branch in it: {branchless}")
     t0 = time.perf_counter()
-    rows = [cost(sweep, 0), cost(sweep, sweep.train.llc_every), cost(sweep, 1)]
+    rows = [cost(sweep, every) for every in (0, sweep.train.llc_every, 1)[:3 if args.every_evaluation else 2]]
     off = rows[0]
     say(f"\nCost: sweeps/llc_cpu.toml ({len(sweep.runs())} runs, {sweep.train.llc_chains} chains x "
         f"{sweep.train.llc_draws} draws) for {args.cost_steps} steps, {n_evals} evaluations, 4 runs vmapped, "
