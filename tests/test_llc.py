@@ -8,7 +8,7 @@ import pytest
 
 import grokjax
 from grokjax.errors import SweepError
-from grokjax.llc import LLCConfig, default_nbeta, estimate, llc_key
+from grokjax.llc import LLCConfig, default_nbeta, estimate, llc_key, sgld_chain
 
 
 def _quadratic(params, key):
@@ -30,6 +30,19 @@ def test_a_chain_whose_step_size_blows_it_up_is_flagged_not_averaged():
     cfg = LLCConfig(every=1, chains=3, draws=50)
     out = estimate(cfg, llc_key(0, 0), {"w": jnp.zeros(4)}, _quadratic, 0.0, 1.0, 0.0, 100.0)  # eps n beta = 100
     assert float(out["llc_diverged"]) == 3 and np.isnan(float(out["llc"])) and np.isnan(float(out["llc_std"]))
+
+
+def test_a_draw_is_the_batch_loss_before_its_step_as_devinterps():
+    """The first draw is the loss at w* itself (devinterp records each draw before its step), and
+    the noise of a step has variance eps (devinterp's sqrt(lr) N(0, 1)): from a zero gradient and
+    gamma = 0, one step moves w by sqrt(eps) z alone."""
+    w0 = {"w": jnp.arange(3.0)}
+    losses = sgld_chain(llc_key(0, 0), w0, _quadratic, 1e-2, 0.0, 5.0, 3)
+    assert float(losses[0]) == pytest.approx(float(_quadratic(w0, None)))
+    moved = estimate(LLCConfig(every=1, chains=1, draws=2), llc_key(0, 0), {"w": jnp.zeros(200)},
+                     lambda p, k: 0.5 * jnp.mean(jnp.square(p["w"])), 0.0, 4e-2, 0.0, 1.0)
+    # after one step w ~ N(0, eps): the mean of the two draws (0 and |w|^2 / 2d) is about eps / 4
+    assert float(moved["llc"]) == pytest.approx(4e-2 / 4, rel=0.25)
 
 
 def test_default_nbeta_is_devinterps():
