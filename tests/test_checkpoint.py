@@ -35,7 +35,8 @@ data_fraction = [0.3, 0.8]
 seed = [0, 1, 2]
 """
 ENV = devices_env(8, as_user=True)  # resumed = uninterrupted, at the level users compile with
-FLAGS = ["--devices", "2", "--max-runs-per-chunk", "6", "--checkpoint-every", "6", "--quiet", "--no-cache"]
+# the session's compilation cache (conftest): every launch after the first loads the same executables
+FLAGS = ["--devices", "2", "--max-runs-per-chunk", "6", "--checkpoint-every", "6", "--quiet"]
 
 
 def grokjax_run(cwd, out, *extra):
