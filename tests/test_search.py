@@ -1,6 +1,8 @@
 """grokjax search: the bisection against known answers (no training), then one real search on a
 small MLP against the dense grid of the same values, resumed, and through the command line."""
 
+import contextlib
+import io
 import math
 
 import numpy as np
@@ -192,6 +194,9 @@ def test_search_agrees_with_the_dense_grid_for_fewer_run_steps(searched, user_co
     assert found.boundary.run_steps.sum() < dense.runs.final_step.sum()
     assert set(found.runs.columns[:2]) == {"run_id", "probe"} and found.runs.probe.nunique() == row.probes
     assert (searched / "out" / "figures" / "boundary.png").exists()
+    with contextlib.redirect_stdout(io.StringIO()) as out:  # the command line's summary of it
+        assert main(["summary", str(searched / "out")]) == 0
+    assert "boundary (critical data_fraction per cell)" in out.getvalue() and "bracketed" in out.getvalue()
 
 
 @pytest.mark.slow
