@@ -196,9 +196,10 @@ def main() -> None:
     sweep = sweep.replace(steps=args.cost_steps, runs_per_batch=4)  # the measured width, not measured again
     n_evals = args.cost_steps // sweep.train.eval_every
     base = sweep.runs()[0].replace(llc_every=0)
-    same = off_program_text(base) == off_program_text(base.replace(llc_chains=16, llc_draws=7, llc_batch_size=8,
-                                                                   llc_epsilon=0.5, llc_gamma=1.0))
-    branchless = "stablehlo.case" not in off_program_text(base)
+    off_text = off_program_text(base)
+    same = off_text == off_program_text(base.replace(llc_chains=16, llc_draws=7, llc_batch_size=8, llc_epsilon=0.5,
+                                                     llc_gamma=1.0))
+    branchless = "stablehlo.case" not in off_text
     say(f"\nLLC off leaves the program alone: the same lowered period whatever the llc_* settings: {same}; "
         f"no branch in it: {branchless}")
     t0 = time.perf_counter()

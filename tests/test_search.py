@@ -231,6 +231,8 @@ p = 11
 [model]
 embed_dim = 8
 width = 16
+[optimizer]
+weight_decay = 1.0
 [train]
 steps = 20
 eval_every = 10
@@ -267,11 +269,11 @@ def test_cli_prints_the_boundary_and_refuses_the_wrong_command(tmp_path, capsys)
     assert "search.low (0.8) must be smaller than search.high (0.7)" in capsys.readouterr().err
 
 
-def test_a_log_spaced_search_over_the_learning_rate_finds_where_runs_diverge():
-    config = sweep_from_dict(dict(
-        task=dict(p=11), model=dict(embed_dim=8, width=16), optimizer=dict(weight_decay=1.0),
-        train=dict(steps=20, eval_every=10, runs_per_batch=2, progress_measures=False), grid=dict(data_fraction=[0.5]),
-        search=dict(axis="lr", low=1e-3, high=1e12, resolution=10.0, seeds=2, criterion="diverge")))
+def test_a_log_spaced_search_over_the_learning_rate_finds_where_runs_diverge(tmp_path):
+    from grokjax.sweep import load_sweep
+
+    (tmp_path / "diverge.toml").write_text(DIVERGE)  # the command line test's search, from Python
+    config = load_sweep(tmp_path / "diverge.toml")
     found = search_boundary(config, progress=False, n_boot=50)
     row = found.boundary.iloc[0]
     assert config.search.scale == "log" and row.status == "bracketed" and row.direction == "up"
