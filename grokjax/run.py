@@ -236,7 +236,8 @@ class Launch:
                     dict(source="checkpoint", devices=m.get("devices")))
         if options.devices is None and auto_layout_available():
             n = min(len(group.run_ids), options.max_runs_per_chunk or len(group.run_ids))
-            mesh, width, layout = choose_layout(group.program, group.settings, n, requested, self.tune_cache)
+            mesh, width, layout = choose_layout(group.program, group.settings, n, requested, self.tune_cache,
+                                                run_steps=len(group.run_ids) * group.program.steps)
             tuned = (width, dict(source=layout["source"], run_steps_per_s=layout["run_steps_per_s"],
                                  tune_time_s=layout["tune_time_s"]))
             return dataclasses.replace(base, mesh=mesh, tuned=tuned), None, layout

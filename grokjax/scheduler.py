@@ -230,7 +230,7 @@ def group_vmap_width(program: Program, settings: RunSettings, n_runs: int, layou
     else:
         per_device = ceil_div(min(n_runs, layout.max_runs_per_chunk or n_runs), layout.devices)
         per_batch, choice = tune_runs_per_batch(program, settings, per_device, layout.runs_per_batch,
-                                                layout.tune_cache)
+                                                layout.tune_cache, run_steps=n_runs * program.steps)
     if choice.get("source") not in ("config", "checkpoint"):
         fitted = fit_vmap_width(program, settings, per_batch)
         if fitted < per_batch:

@@ -67,100 +67,190 @@ def cores_as_devices() -> int:
     return _made.count if _made.count and jax.config.jax_num_cpu_devices == _made.count else 0
 
 
+PAYS = 0.1  # measure more widths while they cost at most this share of the group's projected training
+
+
 def tune_runs_per_batch(program: Program, settings: RunSettings, per_device: int, requested: int = 0,
-                        cache_file: str | os.PathLike | None = None, budget_s: float = 0.15) -> tuple[int, dict]:
+                        cache_file: str | os.PathLike | None = None, budget_s: float = 0.15,
+                        run_steps: int | None = None) -> tuple[int, dict]:
     """The vmap width of a group, and how it was chosen (recorded in meta.json).
 
     An explicit ``requested`` width (``train.runs_per_batch``) wins; an accelerator takes the
     device's whole share. On a CPU the best width depends on the model and the cache sizes (one
     full-batch run of a mid-sized table fills both cores, while tiny models gain from batching),
-    so it is measured:
-    widths 1, 8 and the device's share (at most 64), each as a jitted step of the group's first
-    runs mapped as the grid maps them, timed for about ``budget_s``; the best run-steps per
-    second, discounted by the padding slots the width adds to the working set, wins (the smaller
-    width within 3 %). Rates are kept for the process and, with ``cache_file``, on disk, keyed by
-    machine, versions and program, so a later launch measures only widths it has not seen."""
+    so it is measured (see ``choose_layout`` for how, and when measuring stops): widths 1, 8 and
+    the device's share (at most 64), each as a jitted step of the group's runs mapped as the grid
+    maps them, timed for about ``budget_s``; the best run-steps per second, discounted by the
+    padding slots the width adds to the working set, wins (the smaller width within 3 %).
+
+    Args:
+      program, settings: the group.
+      per_device: runs one device trains at once.
+      requested: the width asked for (0: measure).
+      cache_file: keeps measured rates, keyed by machine, versions and program, so a later
+        launch measures only widths it has not seen.
+      budget_s: seconds each width is timed for.
+      run_steps: the group's training (runs times steps): measuring stops once it would not pay
+        (None: every width is measured unless a narrower one ran faster).
+
+    Returns:
+      The width and meta.json's record of the choice.
+    """
     if requested:
         return min(requested, per_device), dict(source="config")
     platform = jax.default_backend()
     if platform != "cpu" or per_device == 1:
         return per_device, dict(source="device share" if platform != "cpu" else "one run per device")
-    candidates = _candidates(per_device)
     t0 = time.perf_counter()
-    rates, measured = _rates(program, settings, candidates, None, cache_file, budget_s)
-    # the working set is a multiple of the width: count the padding slots a width would add
-    useful = {k: rates[str(k)] * per_device / (-(-per_device // k) * k) for k in candidates}
-    best = max(useful.values())
-    k = min(k for k in candidates if useful[k] >= 0.97 * best)
+    found = _measure(program, settings, per_device, [(None, _candidates(per_device))], cache_file, budget_s,
+                     run_steps)
+    best = max(found.useful.values())
+    k = min(k for (_, k), rate in found.useful.items() if rate >= 0.97 * best)
     if jax.process_count() > 1:  # every process must compile the same program: process 0 decides
         from jax.experimental import multihost_utils
 
         k = int(multihost_utils.broadcast_one_to_all(np.int32(k)))
-    return k, dict(source="measured" if measured else "measured earlier",
-                   run_steps_per_s={str(c): rates[str(c)] for c in candidates},
+    return k, dict(source="measured" if found.fresh else "measured earlier",
+                   run_steps_per_s=found.rates["1 device"], **found.skipped_record("1 device"),
                    tune_time_s=round(time.perf_counter() - t0, 3))
 
 
 def choose_layout(program: Program, settings: RunSettings, n_runs: int, requested: int = 0,
-                  cache_file: str | os.PathLike | None = None, budget_s: float = 0.15
-                  ) -> tuple[Mesh | None, int, dict]:
+                  cache_file: str | os.PathLike | None = None, budget_s: float = 0.15,
+                  run_steps: int | None = None) -> tuple[Mesh | None, int, dict]:
     """A CPU group's device layout and vmap width, measured: one device whose matmuls use every
     core, or every CPU device (one per core, see ``use_cores_as_devices``), each at its own best
-    width (``tune_runs_per_batch``'s candidates, or ``requested``). Returns the mesh (None for
-    one device), the width and how they were chosen (meta.json's ``layout``)."""
-    devices = jax.devices()
+    width (``tune_runs_per_batch``'s candidates, or ``requested``).
+
+    Measuring a width compiles a step program (about as long as the group's own programs take),
+    so it is spent where it can pay: every CPU device first, then one device; on each, widths
+    from narrow to wide, stopping at the first that runs slower than the one before (wider only
+    spills the caches further); and, given ``run_steps``, no width is measured once its cost
+    (the last width's) would pass ``PAYS`` of the group's training projected at the best rate so
+    far. A short sweep thus measures one layout and width, a long one all of them; widths
+    measured earlier (the cache file) cost nothing and always count.
+
+    Args:
+      program, settings: the group.
+      n_runs: runs trained at once.
+      requested: the vmap width asked for (0: measure).
+      cache_file, budget_s: as for ``tune_runs_per_batch``.
+      run_steps: the group's training (runs times steps); None: no budget.
+
+    Returns:
+      The mesh (None for one device), the width and how they were chosen (meta.json's
+      ``layout``: ``devices``, ``run_steps_per_s`` of each layout and width measured,
+      ``not_measured`` with why, ``source``, ``tune_time_s``).
+    """
     t0 = time.perf_counter()
-    options, rates_of, fresh = {}, {}, False
-    for mesh in (None, Mesh(np.array(devices), (RUN_AXIS,))):
-        n_dev = 1 if mesh is None else mesh.size
-        share = -(-n_runs // n_dev)
-        candidates = [min(requested, share)] if requested else _candidates(share)
-        rates, measured = _rates(program, settings, candidates, mesh, cache_file, budget_s)
-        fresh |= measured
-        name = f"{n_dev} device{'s' if n_dev > 1 else ''}"
-        rates_of[name] = {str(k): rates[str(k)] for k in candidates}
-        for k in candidates:  # padding slots count against a width, as for the vmap width alone
-            options[(n_dev, k)] = (mesh, rates[str(k)] * n_runs / (-(-n_runs // (k * n_dev)) * k * n_dev))
-    best = max(rate for _, rate in options.values())
-    n_dev, k = min(key for key, (_, rate) in options.items() if rate >= 0.97 * best)  # fewer devices, narrower
-    return options[(n_dev, k)][0], k, dict(
-        source=("measured" if fresh else "measured earlier") if not requested else "measured (width from config)",
-        devices=n_dev, run_steps_per_s=rates_of, tune_time_s=round(time.perf_counter() - t0, 3))
+    layouts = []
+    for mesh in (Mesh(np.array(jax.devices()), (RUN_AXIS,)), None):
+        share = -(-n_runs // (1 if mesh is None else mesh.size))
+        layouts.append((mesh, [min(requested, share)] if requested else _candidates(share)))
+    found = _measure(program, settings, n_runs, layouts, cache_file, budget_s, run_steps)
+    best = max(found.useful.values())
+    n_dev, k = min(key for key, rate in found.useful.items() if rate >= 0.97 * best)  # fewer devices, narrower
+    mesh = next(m for m, _ in layouts if (1 if m is None else m.size) == n_dev)
+    return mesh, k, dict(
+        source=("measured" if found.fresh else "measured earlier") if not requested else "measured (width from config)",
+        devices=n_dev, run_steps_per_s=found.rates, **found.skipped_record(),
+        tune_time_s=round(time.perf_counter() - t0, 3))
 
 
 def _candidates(per_device: int) -> list[int]:
     return sorted({1, min(8, per_device), min(per_device, 64)})
 
 
-def _rates(program: Program, settings: RunSettings, widths: list[int], mesh: Mesh | None,
-           cache_file: str | os.PathLike | None, budget_s: float) -> tuple[dict[str, float], bool]:
-    """Run-steps per second of each width on a layout: from this process, the disk cache, or
-    measured now (then cached); and whether anything was measured."""
+@dataclasses.dataclass
+class _Found:
+    """What ``_measure`` learnt: run-steps/s by layout name and width, the useful rate of each
+    (devices, width) (padding slots discounted), widths left out and why, and whether anything
+    was timed now."""
+
+    rates: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    useful: dict[tuple[int, int], float] = dataclasses.field(default_factory=dict)
+    skipped: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    fresh: bool = False
+
+    def skipped_record(self, name: str | None = None) -> dict:
+        left = self.skipped if name is None else self.skipped.get(name)
+        return dict(not_measured=left) if left else {}
+
+
+def _measure(program: Program, settings: RunSettings, n_runs: int, layouts: list[tuple[Mesh | None, list[int]]],
+             cache_file: str | os.PathLike | None, budget_s: float, run_steps: int | None) -> _Found:
+    """The rates of each layout's widths, in order, from this process, the disk cache, or timed
+    now (then cached); a layout stops widening at the first width slower than the one before, and
+    with ``run_steps`` nothing more is timed once it would not pay (see ``choose_layout``)."""
+    found, disk = _Found(), _read(cache_file)
+    state, spent, cost = None, 0.0, 0.0
+    for mesh, widths in layouts:
+        n_dev = 1 if mesh is None else mesh.size
+        name, key = f"{n_dev} device{'s' if n_dev > 1 else ''}", _key(program, n_dev)
+        rates, got, left = {**disk.get(key, {}), **_MEASURED.get(key, {})}, {}, {}
+        for i, k in enumerate(widths):
+            best = max(found.useful.values(), default=0.0)
+            if str(k) not in rates:
+                if best and run_steps is not None and spent + cost > PAYS * run_steps / best:
+                    left[str(k)] = "would not pay"
+                    continue
+                if state is None:
+                    state = _step_state(program, settings)
+                t0 = time.perf_counter()
+                rates[str(k)] = round(_run_steps_per_s(program, settings, state, k, budget_s, mesh), 1)
+                cost = time.perf_counter() - t0
+                spent, found.fresh = spent + cost, True
+            got[str(k)] = rates[str(k)]
+            found.useful[(n_dev, k)] = rates[str(k)] * n_runs / (-(-n_runs // (k * n_dev)) * k * n_dev)
+            if i and got[str(k)] < got.get(str(widths[i - 1]), 0.0):  # wider only spills the caches further
+                left.update({str(w): f"width {k} ran slower than {widths[i - 1]}" for w in widths[i + 1:]})
+                break
+        _MEASURED[key] = rates
+        if got:
+            found.rates[name] = got
+        if left:
+            found.skipped[name] = left
+    if found.fresh:
+        _write(cache_file, {key: rates for key, rates in _MEASURED.items() if key in _keys(program, layouts)})
+    return found
+
+
+def _key(program: Program, n_dev: int) -> str:
+    """A layout's rates are keyed by machine, versions and program (what a step costs)."""
     device = jax.devices()[0]
-    n_dev = 1 if mesh is None else mesh.size
-    key = "|".join(map(str, (jax.default_backend(), device.device_kind, os.cpu_count(), jax.__version__, _version(),
+    return "|".join(map(str, (jax.default_backend(), device.device_kind, os.cpu_count(), jax.__version__, _version(),
                              program.cost_key) + ((f"devices={n_dev}",) if n_dev > 1 else ())))
-    disk = {}
-    if cache_file is not None and Path(cache_file).exists():
-        try:
-            disk = json.loads(Path(cache_file).read_text())
-        except (OSError, ValueError):
-            disk = {}
-    rates = {**disk.get(key, {}), **_MEASURED.get(key, {})}
-    missing = [k for k in widths if str(k) not in rates]
-    if missing:
-        state = jax.jit(program.init_run)(jax.tree.map(lambda v: v[0], settings))
-        for k in missing:
-            rates[str(k)] = round(_run_steps_per_s(program, settings, state, k, budget_s, mesh), 1)
-        if cache_file is not None:
-            try:
-                Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
-                fresh = json.loads(Path(cache_file).read_text()) if Path(cache_file).exists() else {}
-                Path(cache_file).write_text(json.dumps({**fresh, key: rates}, indent=1))
-            except (OSError, ValueError):
-                pass  # a cache that cannot be written only costs the next launch a measurement
-    _MEASURED[key] = rates
-    return rates, bool(missing)
+
+
+def _keys(program: Program, layouts: list) -> set[str]:
+    return {_key(program, 1 if mesh is None else mesh.size) for mesh, _ in layouts}
+
+
+def _read(cache_file: str | os.PathLike | None) -> dict:
+    if cache_file is None or not Path(cache_file).exists():
+        return {}
+    try:
+        return json.loads(Path(cache_file).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write(cache_file: str | os.PathLike | None, rates: dict) -> None:
+    if cache_file is None:
+        return
+    try:
+        Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(cache_file).write_text(json.dumps({**_read(cache_file), **rates}, indent=1))
+    except OSError:
+        pass  # a cache that cannot be written only costs the next launch a measurement
+
+
+def _step_state(program: Program, settings: RunSettings) -> RunState:
+    """One run's state to time steps from: zeros of its shapes. A step costs the same whatever the
+    values (no branch depends on them), and zeros need no program of their own (a run's init
+    would compile one: about a second)."""
+    shapes = jax.eval_shape(program.init_run, jax.tree.map(lambda v: np.asarray(v)[0], settings))
+    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
 
 def _version() -> str:

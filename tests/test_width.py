@@ -1,3 +1,8 @@
+import time
+import types
+
+import pytest
+
 import grokjax
 from grokjax.experiment import build_program, run_settings
 from grokjax.width import tune_runs_per_batch
@@ -10,7 +15,10 @@ def test_vmap_width_is_measured_recorded_and_remembered(tmp_path, sweep, monkeyp
     program, settings = build_program(config.runs()[0], config.runs()), run_settings(config.runs())
     cache = tmp_path / "widths.json"
     k, choice = tune_runs_per_batch(program, settings, 12, 0, cache)
-    assert choice["source"] == "measured" and set(choice["run_steps_per_s"]) == {"1", "8", "12"}
+    assert choice["source"] == "measured"
+    measured, left = choice["run_steps_per_s"], choice.get("not_measured", {})
+    assert set(measured) | set(left) == {"1", "8", "12"} and not set(measured) & set(left)
+    assert left == ({} if measured["8"] >= measured["1"] else {"12": "width 8 ran slower than 1"})
     assert str(k) in choice["run_steps_per_s"] and all(r > 0 for r in choice["run_steps_per_s"].values())
     # 12 runs: width 8 pads the working set to 16 slots, so its rate counts 12 / 16
     useful = {int(w): r * (12 / (-(-12 // int(w)) * int(w))) for w, r in choice["run_steps_per_s"].items()}
@@ -25,6 +33,58 @@ def test_vmap_width_is_measured_recorded_and_remembered(tmp_path, sweep, monkeyp
     assert tune_runs_per_batch(program, settings, 12, 4) == (4, dict(source="config"))
     meta = grokjax.run_sweep(config, progress=False).meta["groups"][0]
     assert meta["runs_per_batch"] == k and meta["runs_per_batch_choice"]["source"] == "measured earlier"
+
+
+@pytest.fixture
+def timed(monkeypatch, sweep):
+    """``_measure`` in a new process, of a program whose widths run at the given rates (each
+    timing takes 10 ms): the layouts' measuring policy without compiling anything."""
+    import grokjax.width as width
+
+    config = sweep(grid=dict(seed=list(range(4))))
+    program, settings = build_program(config), run_settings(config.runs())
+    timings = []
+
+    def measure(rates, layouts, run_steps=None, cache_file=None):
+        def fake(program, settings, state, k, budget_s, mesh=None):
+            timings.append((1 if mesh is None else mesh.size, k))
+            time.sleep(0.01)
+            return rates[(1 if mesh is None else mesh.size, k)]
+
+        monkeypatch.setattr(width, "_run_steps_per_s", fake)
+        monkeypatch.setattr(width, "_MEASURED", {})
+        timings.clear()
+        return width._measure(program, settings, 46, layouts, cache_file, 0.15, run_steps), list(timings)
+
+    return measure
+
+
+TWO = types.SimpleNamespace(size=2)  # a two-device mesh, as far as measuring needs one
+
+
+def test_measuring_widens_a_layout_only_while_wider_runs_faster(timed):
+    rates = {(2, 1): 800.0, (2, 8): 400.0, (2, 23): 900.0, (1, 1): 300.0, (1, 8): 450.0, (1, 45): 240.0}
+    found, timings = timed(rates, [(TWO, [1, 8, 23]), (None, [1, 8, 45])])
+    assert timings == [(2, 1), (2, 8), (1, 1), (1, 8), (1, 45)]  # every CPU device first, narrow to wide
+    assert found.rates == {"2 devices": {"1": 800.0, "8": 400.0}, "1 device": {"1": 300.0, "8": 450.0, "45": 240.0}}
+    assert found.skipped == {"2 devices": {"23": "width 8 ran slower than 1"}} and found.fresh
+    # useful rates count the padding slots: 46 runs at width 8 on 2 devices fill 48 slots
+    assert found.useful[(2, 8)] == pytest.approx(400.0 * 46 / 48) and found.useful[(2, 1)] == 800.0
+
+
+def test_measuring_stops_where_it_would_not_pay_and_keeps_what_was_measured_earlier(timed, tmp_path):
+    rates = {(2, 1): 100.0, (2, 8): 200.0, (2, 23): 150.0, (1, 1): 50.0, (1, 8): 60.0, (1, 45): 70.0}
+    layouts = [(TWO, [1, 8, 23]), (None, [1, 8, 45])]
+    # 5 run-steps at 100 per second: a tenth of that is 5 ms, less than one more timing costs
+    found, timings = timed(rates, layouts, run_steps=5)
+    assert timings == [(2, 1)] and found.rates == {"2 devices": {"1": 100.0}}
+    assert found.skipped == {"2 devices": {"8": "would not pay", "23": "would not pay"},
+                             "1 device": {w: "would not pay" for w in ("1", "8", "45")}}
+    found, timings = timed(rates, layouts, run_steps=10**9, cache_file=tmp_path / "widths.json")  # a long sweep
+    assert len(timings) == 6 and not found.skipped
+    # a later launch, the same cache file: what was measured costs nothing and counts
+    found, timings = timed(rates, layouts, run_steps=5, cache_file=tmp_path / "widths.json")
+    assert timings == [] and not found.fresh and len(found.useful) == 6 and max(found.useful.values()) > 190
 
 
 CORES = """
