@@ -3,7 +3,8 @@
 The 16-run sweep of issue #24 (the MLP on (x + y) mod 23, 4 seeds x data_fraction {0.6, 0.8}
 x weight_decay {1, 3}, lr 1e-2, 1,500 steps, runs_per_batch = 16), trained once per variant,
 each in a fresh process with an empty compilation cache (every program compiles cold), one
-variant after the other in turns:
+variant after the other in turns, all on the layout the first one measured (a measured-widths
+file shared by the variants: a layout measured anew could differ, and with it the last bits):
 
 - ``off``: ``repack=False``, the working set keeps its 16 slots;
 - ``ladder``: ``repack="always"``, halving as soon as the survivors fit (what repacking did
@@ -45,21 +46,24 @@ if {cores!r}:
     use_cores_as_devices()  # the layout the grokjax command gives a CPU
 import grokjax
 t0 = time.perf_counter()
-r = grokjax.run_sweep(grokjax.sweep_from_dict({sweep!r}), {out!r}, progress=False, tune_cache=None, **{options!r})
+r = grokjax.run_sweep(grokjax.sweep_from_dict({sweep!r}), {out!r}, progress=False, tune_cache={tune_cache!r},
+                      **{options!r})
 wall = time.perf_counter() - t0
 g = r.meta["groups"][0]
 print(json.dumps(dict(wall_s=wall, compile_s=r.meta["compile_time_s"], programs=len(g["programs"]),
-                      slot_steps=g["slot_steps"], widths=g["widths"], devices=g["devices"])))
+                      slot_steps=g["slot_steps"], widths=g["widths"], devices=g["devices"],
+                      vmap_width=g["runs_per_batch"])))
 """
 
 
-def run_variant(name: str, devices: str, out: Path) -> dict:
+def run_variant(name: str, devices: str, out: Path, tune_cache: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     if devices != "default":
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     with tempfile.TemporaryDirectory() as cache:
         env["XDG_CACHE_HOME"] = cache  # an empty persistent cache: every program compiles cold
-        code = CHILD.format(cores=devices == "default", sweep=SWEEP, out=str(out), options=VARIANTS[name])
+        code = CHILD.format(cores=devices == "default", sweep=SWEEP, out=str(out), options=VARIANTS[name],
+                            tune_cache=str(tune_cache))
         done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
     if done.returncode:
         raise SystemExit(f"{name}: {done.stderr[-2000:]}")
@@ -97,16 +101,18 @@ def main() -> None:
         parser.error(f"--variants: unknown {unknown}; choose from {sorted(VARIANTS)}")
     print(f"# repacking, 16 runs of the MLP on (x + y) mod 23, 1,500 steps; {platform.machine()}, "
           f"{os.cpu_count()} cores, devices {args.devices}, {datetime.date.today()}, cold compiles")
-    print("| variant | round | wall s | waited on compiling s | programs | slot-steps | widths | results vs off |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| variant | round | wall s | waited on compiling s | programs | slot-steps | widths | devices x vmap width "
+          "| results vs off |")
+    print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             for name in names:
                 out = Path(tmp) / f"{name}-{r}"
-                m = run_variant(name, args.devices, out)
+                m = run_variant(name, args.devices, out, Path(tmp) / "widths.json")
                 same = difference(Path(tmp) / f"off-{r}", out) if "off" in names and name != "off" else "-"
                 print(f"| {name} | {r} | {m['wall_s']:.1f} | {m['compile_s']:.1f} | {m['programs']} | "
-                      f"{m['slot_steps']:,} | {m['widths']} | {same} |", flush=True)
+                      f"{m['slot_steps']:,} | {m['widths']} | {m['devices']} x {m['vmap_width']} | {same} |",
+                      flush=True)
 
 
 if __name__ == "__main__":

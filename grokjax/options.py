@@ -40,7 +40,8 @@ class SweepOptions:
         halving ladder of sizes as soon as the survivors fit, whatever it costs (the scheduler's
         mechanics, for tests and benchmarks); False keeps its width.
       compile_ahead: compile a smaller working set's programs in a background thread while the
-        current one trains, and shrink once they are ready (False: the round waits for them).
+        current one trains, and shrink once they are ready (False: the round waits for them;
+        "auto": on an accelerator, not on a CPU, where the thread takes cores from training).
       tune_cache: file keeping the measured vmap widths ("auto": beside the persistent
         compilation cache when one is enabled; None: measure again each launch).
       overwrite: replace the results of another sweep in ``out``.
@@ -55,7 +56,7 @@ class SweepOptions:
     checkpoint_every: int = 0
     resume: bool = False
     repack: bool | str = True
-    compile_ahead: bool = True
+    compile_ahead: bool | str = "auto"
     tune_cache: Path | str | None = "auto"
     overwrite: bool = False
 
@@ -81,9 +82,11 @@ class SweepOptions:
         if self.repack not in (True, False, "always") or isinstance(self.repack, int) and \
                 not isinstance(self.repack, bool):
             raise SweepError(f"repack must be true, false or 'always', got {self.repack!r}")
-        for name in ("resume", "compile_ahead", "overwrite"):
+        for name in ("resume", "overwrite"):
             if not isinstance(getattr(self, name), bool):
                 raise SweepError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not (isinstance(self.compile_ahead, bool) or self.compile_ahead == "auto"):
+            raise SweepError(f"compile_ahead must be true, false or 'auto', got {self.compile_ahead!r}")
         if self.resume and (self.out is None or self.checkpoint_every <= 0):
             raise SweepError("--resume needs a results folder with checkpoints "
                              "(--out DIR and --checkpoint-every N > 0)")

@@ -197,7 +197,8 @@ class Layout:
       repack: shrink the working set as runs finish, when the compute saved pays for the
         program a smaller set needs (False keeps its width).
       compile_ahead: compile the smaller set's programs in a background thread while the current
-        one trains (False: compile when needed, the round waiting).
+        one trains (False: compile when needed, the round waiting; "auto": on an accelerator,
+        whose host cores are free while it trains, not on a CPU, where they train).
       tune_cache: file keeping measured vmap widths (None: measure each time).
       tuned: the vmap width and how it was chosen, when the caller measured it (``choose_layout``).
     """
@@ -206,7 +207,7 @@ class Layout:
     runs_per_batch: int = 0
     max_runs_per_chunk: int | None = None
     repack: bool = True
-    compile_ahead: bool = True
+    compile_ahead: bool | str = "auto"
     tune_cache: str | os.PathLike | None = None
     tuned: tuple[int, dict] | None = None
 
@@ -391,6 +392,8 @@ def train_group(program: Program, settings: RunSettings, run_ids: list[int],
         resume = GroupState(trainer.start(None, slots, np.ones(width, bool)), slots, int(min(width, len(run_ids))), 0,
                             width, per_batch)
     repack, ahead = layout.repack, layout.compile_ahead
+    if ahead == "auto":
+        ahead = jax.default_backend() != "cpu"
     if jax.process_count() > 1 and repack is True:  # every process must shrink alike: no decision by timing
         repack, ahead = "always", False
     queue = GroupQueue(trainer, list(run_ids), resume, repack, extend, ahead)

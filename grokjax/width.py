@@ -183,7 +183,9 @@ def _measure(program: Program, settings: RunSettings, n_runs: int, layouts: list
     now (then cached); a layout stops widening at the first width slower than the one before, and
     with ``run_steps`` nothing more is timed once it would not pay (see ``choose_layout``)."""
     found, disk = _Found(), _read(cache_file)
-    state, spent, cost = None, 0.0, 0.0
+    known = [{**disk.get(key, {}), **_MEASURED.get(key, {})} for key in _keys(program, layouts)]
+    # what timing one width cost (kept with the rates), so a later launch weighs the widths left alike
+    state, spent, cost = None, 0.0, max((rates.get("cost_s", 0.0) for rates in known), default=0.0)
     for mesh, widths in layouts:
         n_dev = 1 if mesh is None else mesh.size
         name, key = f"{n_dev} device{'s' if n_dev > 1 else ''}", _key(program, n_dev)
@@ -199,7 +201,7 @@ def _measure(program: Program, settings: RunSettings, n_runs: int, layouts: list
                 t0 = time.perf_counter()
                 rates[str(k)] = round(_run_steps_per_s(program, settings, state, k, budget_s, mesh), 1)
                 cost = time.perf_counter() - t0
-                spent, found.fresh = spent + cost, True
+                spent, found.fresh, rates["cost_s"] = spent + cost, True, round(cost, 3)
             got[str(k)] = rates[str(k)]
             found.useful[(n_dev, k)] = rates[str(k)] * n_runs / (-(-n_runs // (k * n_dev)) * k * n_dev)
             if i and got[str(k)] < got.get(str(widths[i - 1]), 0.0):  # wider only spills the caches further
@@ -222,8 +224,8 @@ def _key(program: Program, n_dev: int) -> str:
                              program.cost_key) + ((f"devices={n_dev}",) if n_dev > 1 else ())))
 
 
-def _keys(program: Program, layouts: list) -> set[str]:
-    return {_key(program, 1 if mesh is None else mesh.size) for mesh, _ in layouts}
+def _keys(program: Program, layouts: list) -> list[str]:
+    return [_key(program, 1 if mesh is None else mesh.size) for mesh, _ in layouts]
 
 
 def _read(cache_file: str | os.PathLike | None) -> dict:

@@ -105,6 +105,19 @@ def test_a_working_set_that_pays_shrinks_to_its_survivors(sweep, monkeypatch, ah
     pd.testing.assert_frame_equal(packed.curves, wide.curves, check_exact=False, rtol=1e-6)
 
 
+
+def test_compile_ahead_by_default_only_off_a_cpu(sweep, monkeypatch):
+    """On a CPU the cores a background compilation would take are training (benchmarks/repack.py
+    measured it slower): "auto", the default, compiles a smaller set when its round needs it."""
+    from grokjax import compiling
+    from grokjax.errors import SweepError
+
+    monkeypatch.setattr(compiling.Compiler, "estimate_s", lambda self, width: 0.0)
+    group = grokjax.run_sweep(sweep(**DIVERGING), progress=False).meta["groups"][0]
+    assert group["widths"] == [8, 4] and [p["background"] for p in group["programs"]] == [False, False]
+    with pytest.raises(SweepError, match="compile_ahead must be true, false or 'auto', got 'yes'"):
+        grokjax.run_sweep(sweep(), progress=False, compile_ahead="yes")
+
 def test_survivors_fill_working_sets_in_multiples_of_the_vmap_width(sweep):
     from grokjax.scheduler import GroupQueue, GroupState, GroupTrainer
 
