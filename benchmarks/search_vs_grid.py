@@ -73,10 +73,19 @@ def main() -> None:
               f"{f(d['ci_low'])}-{f(d['ci_high'])} | {agree} | {row['runs']} | {runs.loc[key]} | "
               f"{row['run_steps']:,} | {steps.loc[key]:,} |")
     s_steps, d_steps = found.meta["run_steps"], grid.meta["run_steps"]
+    s_c, d_c = compiled(found.meta), compiled(grid.meta)
     print(f"\ntotal: search {len(found.runs)} runs, {s_steps:,} run-steps, {t_search:.0f} s wall "
-          f"({found.meta['compile_time_s']:.0f} s compiling); dense grid {len(grid.runs)} runs, {d_steps:,} "
-          f"run-steps, {t_dense:.0f} s wall ({grid.meta['compile_time_s']:.0f} s compiling); run-steps "
-          f"{s_steps / d_steps:.2f} of the dense grid's, wall time {t_search / t_dense:.2f}")
+          f"({found.meta['compile_time_s']:.0f} s waiting on compiles; {s_c[0]} programs, {s_c[1]:.0f} s compiling); "
+          f"dense grid {len(grid.runs)} runs, {d_steps:,} run-steps, {t_dense:.0f} s wall "
+          f"({grid.meta['compile_time_s']:.0f} s waiting; {d_c[0]} programs, {d_c[1]:.0f} s compiling); run-steps "
+          f"{s_steps / d_steps:.2f} of the dense grid's, wall time {t_search / t_dense:.2f}, compiling "
+          f"{s_c[1] / max(d_c[1], 1e-9):.2f}")
+
+
+def compiled(meta: dict) -> tuple[int, float]:
+    """Programs compiled and their lowering and compiling seconds, in the rounds or beside them."""
+    programs = [p for g in meta.get("groups", []) for p in g.get("programs", [])]
+    return len(programs), sum(p["lower_s"] + p["compile_s"] for p in programs)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,8 @@ class SweepOptions:
         mechanics, for tests and benchmarks); False keeps its width.
       compile_ahead: compile a smaller working set's programs in a background thread while the
         current one trains, and shrink once they are ready (False: the round waits for them;
-        "auto": on an accelerator, not on a CPU, where the thread takes cores from training).
+        "auto": unless the CPU's cores are the devices, each training; see
+        ``scheduler.compiles_ahead``).
       tune_cache: file keeping the measured vmap widths ("auto": beside the persistent
         compilation cache when one is enabled; None: measure again each launch).
       overwrite: replace the results of another sweep in ``out``.

@@ -197,8 +197,7 @@ class Layout:
       repack: shrink the working set as runs finish, when the compute saved pays for the
         program a smaller set needs (False keeps its width).
       compile_ahead: compile the smaller set's programs in a background thread while the current
-        one trains (False: compile when needed, the round waiting; "auto": on an accelerator,
-        whose host cores are free while it trains, not on a CPU, where they train).
+        one trains (False: compile when needed, the round waiting; "auto": see ``compiles_ahead``).
       tune_cache: file keeping measured vmap widths (None: measure each time).
       tuned: the vmap width and how it was chosen, when the caller measured it (``choose_layout``).
     """
@@ -217,6 +216,20 @@ class Layout:
 
 
 Extend = Callable[[Round, np.ndarray], "tuple[list[int], RunSettings] | None"]
+
+
+def compiles_ahead(layout: Layout) -> bool:
+    """Whether a group compiles its smaller working sets in a background thread.
+
+    ``compile_ahead="auto"``: yes on an accelerator, whose host cores are free while it trains,
+    and on one CPU device, whose small kernels leave the cores room (a 225-run dense grid ended
+    7 % sooner); not on a CPU's cores as devices, where every core trains and the thread slows
+    each round it overlaps (the 16-run repacking benchmark: 4-7 % slower on two devices, 26-50 %
+    on eight).
+    """
+    if layout.compile_ahead != "auto":
+        return bool(layout.compile_ahead)
+    return jax.default_backend() != "cpu" or layout.devices == 1
 
 
 def group_vmap_width(program: Program, settings: RunSettings, n_runs: int, layout: Layout,
@@ -391,9 +404,7 @@ def train_group(program: Program, settings: RunSettings, run_ids: list[int],
         slots = np.where(np.arange(width) < len(run_ids), np.arange(width), -1)
         resume = GroupState(trainer.start(None, slots, np.ones(width, bool)), slots, int(min(width, len(run_ids))), 0,
                             width, per_batch)
-    repack, ahead = layout.repack, layout.compile_ahead
-    if ahead == "auto":
-        ahead = jax.default_backend() != "cpu"
+    repack, ahead = layout.repack, compiles_ahead(layout)
     if jax.process_count() > 1 and repack is True:  # every process must shrink alike: no decision by timing
         repack, ahead = "always", False
     queue = GroupQueue(trainer, list(run_ids), resume, repack, extend, ahead)

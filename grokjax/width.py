@@ -183,13 +183,13 @@ def _measure(program: Program, settings: RunSettings, n_runs: int, layouts: list
     now (then cached); a layout stops widening at the first width slower than the one before, and
     with ``run_steps`` nothing more is timed once it would not pay (see ``choose_layout``)."""
     found, disk = _Found(), _read(cache_file)
-    known = [{**disk.get(key, {}), **_MEASURED.get(key, {})} for key in _keys(program, layouts)]
+    known = {key: {**disk.get(key, {}), **_MEASURED.get(key, {})} for key in _keys(program, layouts)}
     # what timing one width cost (kept with the rates), so a later launch weighs the widths left alike
-    state, spent, cost = None, 0.0, max((rates.get("cost_s", 0.0) for rates in known), default=0.0)
+    state, spent, cost = None, 0.0, max((rates.get("cost_s", 0.0) for rates in known.values()), default=0.0)
     for mesh, widths in layouts:
         n_dev = 1 if mesh is None else mesh.size
         name, key = f"{n_dev} device{'s' if n_dev > 1 else ''}", _key(program, n_dev)
-        rates, got, left = {**disk.get(key, {}), **_MEASURED.get(key, {})}, {}, {}
+        rates, got, left = known[key], {}, {}
         for i, k in enumerate(widths):
             best = max(found.useful.values(), default=0.0)
             if str(k) not in rates:
@@ -213,7 +213,7 @@ def _measure(program: Program, settings: RunSettings, n_runs: int, layouts: list
         if left:
             found.skipped[name] = left
     if found.fresh:
-        _write(cache_file, {key: rates for key, rates in _MEASURED.items() if key in _keys(program, layouts)})
+        _write(cache_file, known)
     return found
 
 

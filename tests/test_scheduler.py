@@ -106,15 +106,21 @@ def test_a_working_set_that_pays_shrinks_to_its_survivors(sweep, monkeypatch, ah
 
 
 
-def test_compile_ahead_by_default_only_off_a_cpu(sweep, monkeypatch):
-    """On a CPU the cores a background compilation would take are training (benchmarks/repack.py
-    measured it slower): "auto", the default, compiles a smaller set when its round needs it."""
+def test_compile_ahead_by_default_unless_the_cores_are_the_devices(sweep, monkeypatch):
+    """"auto", the default: in the background on one device (a CPU's small kernels leave the cores
+    room), when the round needs it where every core is a training device (benchmarks/repack.py)."""
+    import types
+
     from grokjax import compiling
     from grokjax.errors import SweepError
+    from grokjax.scheduler import Layout, compiles_ahead
 
     monkeypatch.setattr(compiling.Compiler, "estimate_s", lambda self, width: 0.0)
+    monkeypatch.setattr(compiling.Compiler, "prefetch", compiling.Compiler.get)  # done at once: a known round
     group = grokjax.run_sweep(sweep(**DIVERGING), progress=False).meta["groups"][0]
-    assert group["widths"] == [8, 4] and [p["background"] for p in group["programs"]] == [False, False]
+    assert group["widths"] == [8, 4]
+    assert compiles_ahead(Layout()) and not compiles_ahead(Layout(types.SimpleNamespace(size=2)))
+    assert compiles_ahead(Layout(types.SimpleNamespace(size=2), compile_ahead=True))
     with pytest.raises(SweepError, match="compile_ahead must be true, false or 'auto', got 'yes'"):
         grokjax.run_sweep(sweep(), progress=False, compile_ahead="yes")
 
