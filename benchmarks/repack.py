@@ -17,6 +17,7 @@ Prints wall time, seconds waited on compilation, programs compiled, slot-steps, 
 whether the results equal ``off``'s (exactly, or the largest relative difference).
 
     python benchmarks/repack.py [--devices default|8] [--rounds 1] [--variants off,ladder,pays,ahead]
+                                [--dense-of sweeps/search_cpu.toml]
 """
 
 from __future__ import annotations
@@ -45,8 +46,11 @@ from grokjax.width import use_cores_as_devices
 if {cores!r}:
     use_cores_as_devices()  # the layout the grokjax command gives a CPU
 import grokjax
+sys.path.insert(0, {here!r})
+config = grokjax.sweep_from_dict({sweep!r}) if not {dense_of!r} else \
+    __import__("search_vs_grid").dense_config(grokjax.load_sweep({dense_of!r}))
 t0 = time.perf_counter()
-r = grokjax.run_sweep(grokjax.sweep_from_dict({sweep!r}), {out!r}, progress=False, tune_cache={tune_cache!r},
+r = grokjax.run_sweep(config, {out!r}, progress=False, tune_cache={tune_cache!r},
                       **{options!r})
 wall = time.perf_counter() - t0
 g = r.meta["groups"][0]
@@ -56,14 +60,14 @@ print(json.dumps(dict(wall_s=wall, compile_s=r.meta["compile_time_s"], programs=
 """
 
 
-def run_variant(name: str, devices: str, out: Path, tune_cache: Path) -> dict:
+def run_variant(name: str, devices: str, out: Path, tune_cache: Path, dense_of: str = "") -> dict:
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     if devices != "default":
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     with tempfile.TemporaryDirectory() as cache:
         env["XDG_CACHE_HOME"] = cache  # an empty persistent cache: every program compiles cold
         code = CHILD.format(cores=devices == "default", sweep=SWEEP, out=str(out), options=VARIANTS[name],
-                            tune_cache=str(tune_cache))
+                            tune_cache=str(tune_cache), here=str(Path(__file__).parent), dense_of=dense_of)
         done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
     if done.returncode:
         raise SystemExit(f"{name}: {done.stderr[-2000:]}")
@@ -94,12 +98,16 @@ def main() -> None:
     parser.add_argument("--devices", default="default", help="'default' (the CLI's layout) or a device count")
     parser.add_argument("--rounds", type=int, default=1, help="turns of every variant")
     parser.add_argument("--variants", default="off,ladder,pays,ahead")
+    parser.add_argument("--dense-of", default="", metavar="SEARCH_TOML",
+                        help="instead of the 16-run sweep, the dense grid a search file replaces (search_vs_grid.py)")
     args = parser.parse_args()
     names = args.variants.split(",")
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
         parser.error(f"--variants: unknown {unknown}; choose from {sorted(VARIANTS)}")
-    print(f"# repacking, 16 runs of the MLP on (x + y) mod 23, 1,500 steps; {platform.machine()}, "
+    what = f"the dense grid of {args.dense_of}" if args.dense_of else \
+        "16 runs of the MLP on (x + y) mod 23, 1,500 steps"
+    print(f"# repacking, {what}; {platform.machine()}, "
           f"{os.cpu_count()} cores, devices {args.devices}, {datetime.date.today()}, cold compiles")
     print("| variant | round | wall s | waited on compiling s | programs | slot-steps | widths | devices x vmap width "
           "| results vs off |")
@@ -108,7 +116,7 @@ def main() -> None:
         for r in range(args.rounds):
             for name in names:
                 out = Path(tmp) / f"{name}-{r}"
-                m = run_variant(name, args.devices, out, Path(tmp) / "widths.json")
+                m = run_variant(name, args.devices, out, Path(tmp) / "widths.json", args.dense_of)
                 same = difference(Path(tmp) / f"off-{r}", out) if "off" in names and name != "off" else "-"
                 print(f"| {name} | {r} | {m['wall_s']:.1f} | {m['compile_s']:.1f} | {m['programs']} | "
                       f"{m['slot_steps']:,} | {m['widths']} | {m['devices']} x {m['vmap_width']} | {same} |",

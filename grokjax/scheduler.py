@@ -222,10 +222,9 @@ def compiles_ahead(layout: Layout) -> bool:
     """Whether a group compiles its smaller working sets in a background thread.
 
     ``compile_ahead="auto"``: yes on an accelerator, whose host cores are free while it trains,
-    and on one CPU device, whose small kernels leave the cores room (a 225-run dense grid ended
-    7 % sooner); not on a CPU's cores as devices, where every core trains and the thread slows
-    each round it overlaps (the 16-run repacking benchmark: 4-7 % slower on two devices, 26-50 %
-    on eight).
+    and on one CPU device, whose small kernels leave the cores room; not where a CPU's cores are
+    the devices, every core training, so that the thread slows each round it overlaps
+    (``benchmarks/repack.py``; the measurements are on the benchmarks page).
     """
     if layout.compile_ahead != "auto":
         return bool(layout.compile_ahead)
