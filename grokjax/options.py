@@ -41,7 +41,7 @@ class SweepOptions:
         mechanics, for tests and benchmarks); False keeps its width.
       compile_ahead: compile a smaller working set's programs in a background thread while the
         current one trains, and shrink once they are ready (False: the round waits for them;
-        "auto": unless the CPU's cores are the devices, each training; see
+        "auto": on an accelerator, and on a CPU at vmap width 1; see
         ``scheduler.compiles_ahead``).
       tune_cache: file keeping the measured vmap widths ("auto": beside the persistent
         compilation cache when one is enabled; None: measure again each launch).

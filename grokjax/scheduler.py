@@ -218,17 +218,18 @@ class Layout:
 Extend = Callable[[Round, np.ndarray], "tuple[list[int], RunSettings] | None"]
 
 
-def compiles_ahead(layout: Layout) -> bool:
+def compiles_ahead(layout: Layout, runs_per_batch: int) -> bool:
     """Whether a group compiles its smaller working sets in a background thread.
 
-    ``compile_ahead="auto"``: yes on an accelerator, whose host cores are free while it trains,
-    and on one CPU device, whose small kernels leave the cores room; not where a CPU's cores are
-    the devices, every core training, so that the thread slows each round it overlaps
+    ``compile_ahead="auto"``: yes on an accelerator, whose host cores are free while it trains;
+    on a CPU only at vmap width 1, where a step is many small kernels, one run after another,
+    that leave the cores room. A wider vmap's kernels keep every core busy, and a background
+    compilation slows each round it overlaps, so there the round that shrinks waits for it
     (``benchmarks/repack.py``; the measurements are on the benchmarks page).
     """
     if layout.compile_ahead != "auto":
         return bool(layout.compile_ahead)
-    return jax.default_backend() != "cpu" or layout.devices == 1
+    return jax.default_backend() != "cpu" or runs_per_batch == 1
 
 
 def group_vmap_width(program: Program, settings: RunSettings, n_runs: int, layout: Layout,
@@ -403,7 +404,7 @@ def train_group(program: Program, settings: RunSettings, run_ids: list[int],
         slots = np.where(np.arange(width) < len(run_ids), np.arange(width), -1)
         resume = GroupState(trainer.start(None, slots, np.ones(width, bool)), slots, int(min(width, len(run_ids))), 0,
                             width, per_batch)
-    repack, ahead = layout.repack, compiles_ahead(layout)
+    repack, ahead = layout.repack, compiles_ahead(layout, per_batch)
     if jax.process_count() > 1 and repack is True:  # every process must shrink alike: no decision by timing
         repack, ahead = "always", False
     queue = GroupQueue(trainer, list(run_ids), resume, repack, extend, ahead)
