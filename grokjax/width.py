@@ -145,12 +145,12 @@ def choose_layout(program: Program, settings: RunSettings, n_runs: int, requeste
     t0 = time.perf_counter()
     layouts = []
     for mesh in (Mesh(np.array(jax.devices()), (RUN_AXIS,)), None):
-        share = -(-n_runs // (1 if mesh is None else mesh.size))
+        share = -(-n_runs // _size(mesh))
         layouts.append((mesh, [min(requested, share)] if requested else _candidates(share)))
     found = _measure(program, settings, n_runs, layouts, cache_file, budget_s, run_steps)
     best = max(found.useful.values())
     n_dev, k = min(key for key, rate in found.useful.items() if rate >= 0.97 * best)  # fewer devices, narrower
-    mesh = next(m for m, _ in layouts if (1 if m is None else m.size) == n_dev)
+    mesh = next(m for m, _ in layouts if _size(m) == n_dev)
     return mesh, k, dict(
         source=("measured" if found.fresh else "measured earlier") if not requested else "measured (width from config)",
         devices=n_dev, run_steps_per_s=found.rates, **found.skipped_record(),
@@ -187,7 +187,7 @@ def _measure(program: Program, settings: RunSettings, n_runs: int, layouts: list
     # what timing one width cost (kept with the rates), so a later launch weighs the widths left alike
     state, spent, cost = None, 0.0, max((rates.get("cost_s", 0.0) for rates in known.values()), default=0.0)
     for mesh, widths in layouts:
-        n_dev = 1 if mesh is None else mesh.size
+        n_dev = _size(mesh)
         name, key = f"{n_dev} device{'s' if n_dev > 1 else ''}", _key(program, n_dev)
         rates, got, left = known[key], {}, {}
         for i, k in enumerate(widths):
@@ -225,7 +225,11 @@ def _key(program: Program, n_dev: int) -> str:
 
 
 def _keys(program: Program, layouts: list) -> list[str]:
-    return [_key(program, 1 if mesh is None else mesh.size) for mesh, _ in layouts]
+    return [_key(program, _size(mesh)) for mesh, _ in layouts]
+
+
+def _size(mesh: Mesh | None) -> int:
+    return 1 if mesh is None else mesh.size
 
 
 def _read(cache_file: str | os.PathLike | None) -> dict:
@@ -267,7 +271,7 @@ def _run_steps_per_s(program: Program, settings: RunSettings, state: RunState, k
     """Run-steps per second of a jitted step over ``k`` runs per device at vmap width ``k``, on
     one device or each device of ``mesh`` (the group's settings; the state, split and rows of its
     first run, which do not change the cost)."""
-    n, runs = len(settings.seed), k * (mesh.size if mesh is not None else 1)
+    n, runs = len(settings.seed), k * _size(mesh)
     place = (lambda x: jax.device_put(x, NamedSharding(mesh, P(RUN_AXIS)))) if mesh is not None else jnp.asarray
     hp = jax.tree.map(lambda v: place(np.asarray(v)[np.arange(runs) % n]), settings)
     states = jax.tree.map(lambda x: place(np.broadcast_to(np.asarray(x), (runs, *x.shape))), state)
